@@ -1,0 +1,47 @@
+# Everything runs from a project-local virtual environment in .venv.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# The CPU wheel of torch lies on disk; a bare `torch` would pull a multi-GB CUDA build.
+TORCH   := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<=2.14.1" || echo "torch==2.13.0")
+XVFB    := $(shell command -v xvfb-run >/dev/null 2>&1 && [ -z "$$DISPLAY" ] && echo "xvfb-run -a -s '-screen 0 1280x800x24'")
+
+.PHONY: setup demo view toy test test-fast bench format lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+## The main job: the viewer on the shipped default checkpoint.
+demo: setup
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(XVFB) $(BIN)/qgf view
+
+toy: setup
+	$(XVFB) $(BIN)/qgf view --toy
+
+## All tests (GUI tests start their own Xvfb when there is no display).
+test: setup
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not gui"
+
+bench: setup
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/qgf bench
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

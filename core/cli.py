@@ -1,0 +1,77 @@
+"""The ``qgf`` command line.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int | None``. Headless commands are listed here; packages that depend on
+core (the viewer, the benchmarks) add theirs through the ``qgf.commands`` entry-point group,
+so core never imports them. A command's module is imported only when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+from types import ModuleType
+
+CORE_COMMANDS = {
+    "datagen": "core.commands.datagen",
+    "train": "core.commands.train",
+    "eval": "core.commands.evaluate",
+    "record": "core.commands.record",
+    "diagnose": "core.commands.diagnose",
+}
+# One-line help for `qgf --help`, so listing commands imports nothing heavy.
+SUMMARIES = {
+    "view": "open the viewer on a checkpoint (default: the shipped default)",
+    "datagen": "generate an OGBench dataset with OGBench's scripted oracles",
+    "train": "train a flow BC policy and an IQL critic into a checkpoint",
+    "eval": "success rate per guidance weight and estimator, with 95% CIs",
+    "record": "record rollout videos, one tiled panel per (weight, estimator)",
+    "diagnose": "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data",
+    "bench": "benchmarks: guidance, viewer, record (prints a table)",
+}
+
+
+def _commands() -> dict[str, str]:
+    found = {ep.name: ep.value for ep in entry_points(group="qgf.commands")}
+    found.update(CORE_COMMANDS)
+    return {
+        name: module
+        for name, module in found.items()
+        if importlib.util.find_spec(module.split(":")[0]) is not None
+    }
+
+
+def _top_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
+    lines = [f"  {name:<10} {SUMMARIES.get(name, '')}" for name in sorted(commands)]
+    return argparse.ArgumentParser(
+        prog="qgf",
+        description="Test-time gradient guidance of flow policies: viewer and tools.",
+        epilog="commands:\n"
+        + "\n".join(lines)
+        + "\n\n`qgf COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="qgf [-h] COMMAND [options]",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
+    top = _top_parser(commands)
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        top.error(f"unknown command {name!r}; choose from: {', '.join(sorted(commands))}")
+    module: ModuleType = importlib.import_module(commands[name].split(":")[0])
+    parser = argparse.ArgumentParser(prog=f"qgf {name}", description=module.HELP)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

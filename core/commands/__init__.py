@@ -1,0 +1,1 @@
+"""One module per headless `qgf` subcommand: HELP, add_arguments(parser), run(args)."""
