@@ -564,7 +564,7 @@ def caption_height(width: int) -> int:
 
 
 def _font_size(width: int) -> int:
-    return int(np.clip(width // 28, 10, 22))
+    return int(np.clip(width // 25, 10, 22))
 
 
 def _line_gap(width: int) -> int:
@@ -608,7 +608,7 @@ def caption_strip(fields: CaptionFields, width: int) -> np.ndarray:
         parts.append(f"ep {fields.episode}")
     parts.append(f"step {fields.step}")
     if fields.q is not None:
-        parts.append(f"Q {fields.q:+.2f}")
+        parts.append(f"Q = {fields.q:.2f}")
     tail = "   ".join(parts[1:])
     tail_w = draw.textlength(tail, font=font)
     env = _fit(draw, parts[0], font, width - 3 * pad - tail_w)
