@@ -1,0 +1,980 @@
+"""The Dear PyGui window of ``qgf view``: scene, overlays, plots, controls and status bar.
+
+Threads (see PLATFORM.md for why):
+
+- main: Dear PyGui. Builds the widgets, runs their callbacks (manual callback management,
+  so every callback runs here, between frames), copies the newest scene frame into the raw
+  texture, updates plots and the status bar.
+- ``qgf-policy`` (``viewer.worker.Worker``): all session commands (sample, step, reset,
+  switches). Widgets send it commands and never wait for it.
+- ``qgf-render`` (``viewer.frames.FrameStream``): MuJoCo, on its own GL context.
+
+Every callback goes through ``ViewerApp.callback``, which turns an exception into a message
+in the status bar: a failing callback never ends the app. Extension points: ``frame_hooks``
+of ``self.frames`` (called with every rendered frame, e.g. a recorder), ``panels`` (functions
+that add widgets to the controls column), ``on_tick`` (called every GUI frame).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dearpygui.dearpygui as dpg
+import numpy as np
+
+from core import envs
+from core.guidance import ESTIMATOR_DOCS, ESTIMATORS
+from core.render import (
+    EXECUTED_RGBA,
+    GHOST_RGBA,
+    GRIPPER_CLOSE_RGBA,
+    GRIPPER_OPEN_RGBA,
+    OFF_MANIFOLD_RGBA,
+    RenderSettings,
+    time_color,
+)
+from viewer.frames import FrameStream
+from viewer.session import FrameSpec, Session
+from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
+
+TITLE = "qgf view"
+CONTROLS_WIDTH = 390
+PLOT_HEIGHT = 215
+STATUS_HEIGHT = 22
+LEGEND_HEIGHT = 20
+ERROR_SECONDS = 20.0
+# Weight slider ranges: linear [0, W_LINEAR_MAX]; log10 w in [W_LOG_MIN, W_LOG_MAX].
+W_LINEAR_MAX = 0.3
+W_LOG_MIN, W_LOG_MAX = -3.0, 0.0
+WEIGHT_STEP = 1.25
+# Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
+_FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+_ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
+_DIM_COLORS = (
+    (255, 99, 99),
+    (99, 200, 99),
+    (99, 150, 255),
+    (230, 180, 60),
+    (200, 120, 255),
+)
+_RESOLUTIONS = ("fit window", "480x360", "640x480", "960x640", "1280x720")
+
+KEYS = (
+    ("Space", "play / pause"),
+    ("Right", "single step"),
+    ("R", "reset the episode"),
+    ("Up / Down", "guidance weight x1.25 / /1.25"),
+    ("1 2 3 4", "camera: front, side, top, follow effector"),
+    ("G", "toggle the unguided ghost"),
+    ("D", "toggle the denoising paths"),
+    ("P", "save a screenshot"),
+    ("H or F1", "this help"),
+    ("Esc", "close this help"),
+    ("Left drag", "orbit the camera (in the scene)"),
+    ("Right drag", "pan the camera (in the scene)"),
+    ("Wheel", "zoom (in the scene)"),
+)
+
+
+@dataclass
+class Message:
+    text: str
+    error: bool
+    time: float
+
+
+def _rgb255(rgba) -> tuple[int, int, int, int]:
+    r, g, b, a = (float(x) for x in rgba)
+    return (int(255 * r), int(255 * g), int(255 * b), int(255 * max(a, 0.8)))
+
+
+class ViewerApp:
+    """One window over one ``Session``.
+
+    Args:
+        session: the session to show and drive (the app starts its worker and render threads).
+        render: render settings for the scene; None picks fast defaults for the GL in use
+            and the window's scene size.
+        width, height: the window (viewport) size.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        render: RenderSettings | None = None,
+        width: int = 1280,
+        height: int = 800,
+    ) -> None:
+        self.session = session
+        self.width, self.height = width, height
+        self.messages: deque[Message] = deque(maxlen=50)
+        self.errors = 0
+        self.panels: list[Callable[[ViewerApp], None]] = []
+        self.on_tick: list[Callable[[ViewerApp], None]] = []
+        self._pending_errors: deque[str] = deque()
+        self._fit = render is None
+        self._scene_w, self._scene_h = self._scene_area()
+        if render is None:
+            render = RenderSettings(width=self._scene_w, height=self._scene_h)
+        self.worker = Worker(session, on_error=self._worker_error)
+        self.frames = FrameStream(session.frame, render, on_error=self._pending_errors.append)
+        self.frame_spec: FrameSpec | None = None
+        self.frames_shown = 0
+        self.gui_frames = 0
+        self._plotted_version = -1
+        self._texture: int | str | None = None
+        self._buffer: np.ndarray | None = None
+        self._drag: tuple[int, float, float] | None = None
+        self._upload_ms = 0.0
+        self._gui_ms = 0.0
+        self._last_frame_time = time.perf_counter()
+        self._shown_times: deque[float] = deque()
+        self._tags: dict[str, int | str] = {}
+        self._inputs: list[int | str] = []
+        self._closed = False
+        self._built = False
+
+    # --- lifetime -----------------------------------------------------------------------
+    def build(self) -> None:
+        """Create the Dear PyGui context, viewport and every widget."""
+        dpg.create_context()
+        dpg.configure_app(manual_callback_management=True)
+        dpg.create_viewport(title=TITLE, width=self.width, height=self.height, vsync=False)
+        self._theme()
+        with dpg.texture_registry():
+            pass
+        shape = self.frames.shape
+        self._make_texture(shape)
+        self._build_window()
+        self._build_help()
+        self._build_file_dialog()
+        self._build_handlers()
+        dpg.set_primary_window(self._tags["window"], True)
+        dpg.set_viewport_resize_callback(self.callback("resize", lambda *_: self._layout()))
+        dpg.setup_dearpygui()
+        dpg.show_viewport()
+        self._built = True
+        self._layout()
+        self._sync_controls()
+
+    def run(self, frames: int | None = None, screenshot: str | os.PathLike | None = None) -> int:
+        """Run the window until closed, or for ``frames`` GUI frames; then save ``screenshot``.
+
+        With ``frames``, the scene's first frame is waited for (up to a minute) before the
+        count starts, so a screenshot always shows the rendered scene.
+        """
+        if not self._built:
+            self.build()
+        try:
+            if frames is not None:
+                self._wait_first_frame()
+                for _ in range(frames):
+                    if not dpg.is_dearpygui_running():
+                        break
+                    self.frame()
+                if screenshot is not None:
+                    self.screenshot(screenshot)
+            else:
+                while dpg.is_dearpygui_running():
+                    self.frame()
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.worker.close()
+        self.frames.close()
+        if self._built:
+            dpg.destroy_context()
+
+    # --- the frame ----------------------------------------------------------------------
+    def frame(self) -> None:
+        """One GUI frame: callbacks, new scene frame, plots, status, then draw."""
+        self._run_callbacks()
+        self._poll_mouse()
+        self._upload()
+        self._refresh()
+        for fn in list(self.on_tick):
+            self._call("tick", fn, self)
+        t0 = time.perf_counter()
+        dpg.render_dearpygui_frame()
+        self._gui_ms = 1000 * (time.perf_counter() - t0)
+        self.gui_frames += 1
+
+    def _run_callbacks(self) -> None:
+        jobs = dpg.get_callback_queue()
+        if not jobs:
+            return
+        for job in jobs:
+            fn = job[0]
+            if fn is None:
+                continue
+            sender, app_data, user_data = (list(job[1:]) + [None, None, None])[:3]
+            fn(sender, app_data, user_data)
+
+    def _wait_first_frame(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while self.frames_shown == 0 and time.monotonic() < end:
+            self.frame()
+            if self.frames_shown == 0:
+                self.frames.wait_frame(0, timeout=0.05)
+
+    def _upload(self) -> None:
+        shape = self.frames.latest_shape()
+        if shape is not None and shape != self._buffer.shape:
+            self._make_texture(shape)
+        t0 = time.perf_counter()
+        spec = self.frames.take(self._buffer)
+        if spec is None:
+            return
+        self._upload_ms = 1000 * (time.perf_counter() - t0)
+        self.frame_spec = spec
+        self.frames_shown += 1
+        now = time.perf_counter()
+        self._shown_times.append(now)
+        while self._shown_times and now - self._shown_times[0] > 2.0:
+            self._shown_times.popleft()
+
+    @property
+    def scene_fps(self) -> float:
+        """New scene frames shown per second over the last ~2 s."""
+        t = self._shown_times
+        if len(t) < 2 or time.perf_counter() - t[-1] > 1.0:
+            return 0.0
+        return (len(t) - 1) / (t[-1] - t[0])
+
+    # --- callbacks ----------------------------------------------------------------------
+    def callback(self, what: str, fn: Callable[..., Any]) -> Callable[..., None]:
+        """Wrap ``fn(sender, app_data, user_data)`` so an exception becomes a status message."""
+
+        def wrapped(sender=None, app_data=None, user_data=None) -> None:
+            self._call(what, fn, sender, app_data, user_data)
+
+        wrapped.__name__ = f"cb_{what}"
+        return wrapped
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # every callback error is shown, none ends the app
+            traceback.print_exc()
+            self.report(f"{what}: {type(e).__name__}: {e}", error=True)
+
+    def report(self, text: str, error: bool = False) -> None:
+        """Show a message in the status bar (errors in red, kept for a while)."""
+        self.messages.append(Message(text, error, time.monotonic()))
+        if error:
+            self.errors += 1
+
+    def _worker_error(self, err: WorkerError) -> None:
+        # Called on the worker thread: only queue it; the GUI thread shows it.
+        self._pending_errors.append(f"{err.what}: {err.message}")
+
+    def command(self, key: str, fn: Callable[[Session], Any]) -> None:
+        """Send a command to the session (runs on the policy thread; newest per key wins)."""
+        self.worker.submit(key, fn)
+
+    # --- commands the widgets and keys send ---------------------------------------------
+    def set_weight(self, weight: float) -> None:
+        weight = float(weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight}")
+        self.command("sample", lambda s: s.update(weight=weight))
+        self._show_weight(weight)
+
+    def on_weight_slider(self, sender, value, user_data=None) -> None:
+        """The weight slider's callback: log10 w in log mode, w in linear mode."""
+        w = 10.0 ** float(value) if self._log_weight() else float(value)
+        self.set_weight(w)
+
+    def on_weight_input(self, sender, value, user_data=None) -> None:
+        self.set_weight(float(value))
+
+    def on_log_weight(self, sender, value, user_data=None) -> None:
+        self._set_log(bool(value))
+
+    def on_estimator(self, sender, value, user_data=None) -> None:
+        name = str(value)
+        self.command("sample", lambda s: s.update(estimator=name))
+        dpg.set_value(self._tags["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
+
+    def on_steps(self, sender, value, user_data=None) -> None:
+        steps = int(value)
+        self.command("sample", lambda s: s.update(steps=steps))
+
+    def on_candidates(self, sender, value, user_data=None) -> None:
+        n = int(value)
+        self.command("sample", lambda s: s.update(candidates=n))
+
+    def on_best_of(self, sender, value, user_data=None) -> None:
+        flag = bool(value)
+        self.command("sample", lambda s: s.update(best_of=flag))
+
+    def on_seed(self, sender, value, user_data=None) -> None:
+        seed = int(value)
+        self.command("sample", lambda s: s.update(seed=seed))
+
+    def on_env(self, sender, value, user_data=None) -> None:
+        name = str(value)
+        envs.parse_name(name)
+        self.worker.pause()
+        self.command("env", lambda s: s.set_env(name))
+        self.report(f"switching to {name} ...")
+
+    def open_checkpoint(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"not a checkpoint directory: {path}")
+        self.worker.pause()
+        self.command("checkpoint", lambda s: s.load_checkpoint(path))
+        self.report(f"opening {path} ...")
+
+    def on_random_weights(self, *_: Any) -> None:
+        self.worker.pause()
+        self.command("checkpoint", lambda s: s.use_random_weights())
+
+    def play_pause(self, *_: Any) -> None:
+        if self.session.done and not self.worker.playing:
+            self.report("the episode has ended: press R to reset")
+            return
+        self.worker.toggle()
+
+    def single_step(self, *_: Any) -> None:
+        self.worker.pause()
+        if self.session.done:
+            self.report("the episode has ended: press R to reset")
+            return
+        self.command("step", lambda s: s.step() if not s.done else None)
+
+    def reset(self, *_: Any) -> None:
+        self.worker.pause()
+        self.command("reset", lambda s: s.reset())
+
+    def on_speed(self, sender, value, user_data=None) -> None:
+        self.worker.set_speed(float(value))
+
+    def on_max_speed(self, sender, value, user_data=None) -> None:
+        self.worker.set_speed(0.0 if value else float(dpg.get_value(self._tags["speed"])))
+        dpg.configure_item(self._tags["speed"], enabled=not value)
+
+    def set_camera(self, name: str) -> None:
+        self.frames.set_preset(name)
+
+    def on_layer(self, sender, value, user_data=None) -> None:
+        self.frames.set_layers(**{str(user_data): bool(value)})
+
+    def toggle_layer(self, name: str) -> None:
+        value = not getattr(self.frames.layers, name)
+        self.frames.set_layers(**{name: value})
+        dpg.set_value(self._tags[f"layer_{name}"], value)
+
+    def on_render_flag(self, sender, value, user_data=None) -> None:
+        self.frames.configure(**{str(user_data): bool(value)})
+
+    def on_antialias(self, sender, value, user_data=None) -> None:
+        self.frames.configure(offsamples=4 if value else 0)
+
+    def on_resolution(self, sender, value, user_data=None) -> None:
+        if value == "fit window":
+            self._fit = True
+            w, h = self._scene_area()
+        else:
+            self._fit = False
+            w, h = (int(x) for x in str(value).split("x"))
+        self.frames.configure(width=w, height=h)
+
+    def nudge_weight(self, factor: float) -> None:
+        w = self.session.settings.weight
+        w = max(10**W_LOG_MIN, w) * factor if factor > 1 else w * factor
+        self.set_weight(w)
+
+    def toggle_help(self, *_: Any) -> None:
+        tag = self._tags["help"]
+        dpg.configure_item(tag, show=not dpg.is_item_shown(tag))
+
+    def screenshot(self, path: str | os.PathLike | None = None, timeout: float = 20.0) -> Path:
+        """Save the whole window to a PNG (``dpg.output_frame_buffer``); waits for the file."""
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path("screenshots") / f"qgf-{stamp}.png"
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        done: list[Any] = []
+        dpg.output_frame_buffer(file=str(path), callback=lambda *a: done.append(a))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.frame()
+            if path.exists() and path.stat().st_size > 0 and (done or self._png_complete(path)):
+                break
+        else:
+            raise TimeoutError(f"screenshot {path} was not written within {timeout:.0f} s")
+        self.report(f"screenshot saved: {path}")
+        return path
+
+    @staticmethod
+    def _png_complete(path: Path) -> bool:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 12))
+            return b"IEND" in f.read()
+
+    # --- keys and mouse -----------------------------------------------------------------
+    def _typing(self) -> bool:
+        return any(dpg.is_item_active(t) for t in self._inputs)
+
+    def _key(self, action: Callable[[], None]) -> Callable[..., None]:
+        def on_key(*_: Any) -> None:
+            if not self._typing():
+                action()
+
+        return on_key
+
+    def _poll_mouse(self) -> None:
+        """Left drag orbits, right drag pans: polled each frame, starting on the image."""
+        image = self._tags["image"]
+        pos = dpg.get_mouse_pos(local=False)
+        for button, kind in ((dpg.mvMouseButton_Left, "orbit"), (dpg.mvMouseButton_Right, "pan")):
+            down = dpg.is_mouse_button_down(button)
+            if self._drag is None and down and dpg.is_item_hovered(image):
+                self._drag = (button, pos[0], pos[1])
+            elif self._drag is not None and self._drag[0] == button:
+                if not down:
+                    self._drag = None
+                    continue
+                _, x0, y0 = self._drag
+                dx, dy = pos[0] - x0, pos[1] - y0
+                if dx or dy:
+                    h = max(1.0, float(dpg.get_item_height(image) or 1))
+                    self.frames.move_camera(kind, dx / h, dy / h)
+                    self._drag = (button, pos[0], pos[1])
+
+    def _on_wheel(self, sender, delta, user_data=None) -> None:
+        if dpg.is_item_hovered(self._tags["image"]):
+            self.frames.move_camera("zoom", 0.0, -0.05 * float(delta))
+
+    # --- building -----------------------------------------------------------------------
+    def _theme(self) -> None:
+        if _FONT.exists():
+            with dpg.font_registry():
+                font = dpg.add_font(str(_FONT), 15)
+            dpg.bind_font(font)
+        with dpg.theme() as theme, dpg.theme_component(dpg.mvAll):
+            dpg.add_theme_style(dpg.mvStyleVar_FrameRounding, 3)
+            dpg.add_theme_style(dpg.mvStyleVar_ItemSpacing, 6, 5)
+            dpg.add_theme_style(dpg.mvStyleVar_WindowPadding, 6, 6)
+            dpg.add_theme_color(dpg.mvThemeCol_WindowBg, (22, 25, 32))
+            dpg.add_theme_color(dpg.mvThemeCol_ChildBg, (28, 32, 40))
+        dpg.bind_theme(theme)
+        with dpg.theme() as self._error_theme, dpg.theme_component(dpg.mvText):
+            dpg.add_theme_color(dpg.mvThemeCol_Text, (255, 90, 90))
+        with dpg.theme() as self._play_theme, dpg.theme_component(dpg.mvButton):
+            dpg.add_theme_color(dpg.mvThemeCol_Button, (40, 120, 60))
+
+    def _make_texture(self, shape: tuple[int, ...]) -> None:
+        h, w = int(shape[0]), int(shape[1])
+        buffer = np.zeros((h, w, 3), np.float32)
+        old = self._texture
+        with dpg.texture_registry():
+            self._texture = dpg.add_raw_texture(w, h, buffer, format=dpg.mvFormat_Float_rgb)
+        self._buffer = buffer
+        if "image" in self._tags:
+            dpg.configure_item(self._tags["image"], texture_tag=self._texture)
+            self._layout()
+        if old is not None:
+            dpg.delete_item(old)
+
+    def _build_window(self) -> None:
+        t = self._tags
+        with dpg.window(tag="qgf_main", no_scrollbar=True) as t["window"]:
+            with dpg.group(horizontal=True):
+                with dpg.child_window(width=-CONTROLS_WIDTH - 8, height=300, no_scrollbar=True) as (
+                    t["scene_panel"]
+                ):
+                    t["image"] = dpg.add_image(self._texture)
+                    self._build_legend()
+                with dpg.child_window(width=CONTROLS_WIDTH, height=300) as t["controls"]:
+                    self._build_controls()
+            with dpg.group(horizontal=True) as t["plots"]:
+                self._build_plots()
+            with dpg.group(horizontal=True) as t["status"]:
+                t["status_text"] = dpg.add_text("starting ...")
+                t["status_error"] = dpg.add_text("")
+                dpg.bind_item_theme(t["status_error"], self._error_theme)
+                t["status_note"] = dpg.add_text("", color=(140, 210, 255))
+
+    def _build_legend(self) -> None:
+        with dpg.group(horizontal=True):
+            dpg.add_text("a_hat at t = 0")
+            with dpg.group(horizontal=True, horizontal_spacing=0):
+                for tt in np.linspace(0.0, 1.0, 6):
+                    dpg.add_text("\u25a0", color=_rgb255(time_color(tt)))
+            dpg.add_text("1")
+            for label, rgba in (
+                ("executed", EXECUTED_RGBA),
+                ("w=0 ghost", GHOST_RGBA),
+                ("off-manifold", OFF_MANIFOLD_RGBA),
+                ("gripper open", GRIPPER_OPEN_RGBA),
+                ("/ close", GRIPPER_CLOSE_RGBA),
+            ):
+                dpg.add_text(label, color=_rgb255(rgba))
+            self._tags["label"] = dpg.add_text("", color=(255, 200, 80))
+
+    def _build_controls(self) -> None:
+        t = self._tags
+        cb = self.callback
+        s = self.session.settings
+        t["info"] = dpg.add_text("")
+        t["values"] = dpg.add_text("")
+        with dpg.collapsing_header(label="Policy", default_open=True):
+            t["checkpoint"] = dpg.add_text("")
+            with dpg.group(horizontal=True):
+                dpg.add_button(
+                    label="Open checkpoint...",
+                    callback=cb("open dialog", lambda *_: dpg.show_item(t["file_dialog"])),
+                )
+                dpg.add_button(
+                    label="Random weights", callback=cb("random", self.on_random_weights)
+                )
+            names = [n for n in envs.valid_names() if "-play-singletask-task" in n]
+            if s.env_name not in names:
+                names.insert(0, s.env_name)
+            t["env"] = dpg.add_combo(
+                names, default_value=s.env_name, label="task", width=-60,
+                callback=cb("task", self.on_env),
+            )  # fmt: skip
+        with dpg.collapsing_header(label="Guidance", default_open=True):
+            with dpg.group(horizontal=True):
+                t["weight_slider"] = dpg.add_slider_float(
+                    width=200, callback=cb("weight", self.on_weight_slider)
+                )
+                t["weight_input"] = dpg.add_input_float(
+                    label="w", width=110, step=0, format="%.4f", on_enter=True,
+                    callback=cb("weight", self.on_weight_input),
+                )  # fmt: skip
+            self._inputs.append(t["weight_input"])
+            t["log"] = dpg.add_checkbox(
+                label="log scale",
+                default_value=s.log_weight,
+                callback=cb("log", self.on_log_weight),
+            )
+            t["estimator"] = dpg.add_combo(
+                list(ESTIMATORS), default_value=s.estimator, label="estimator", width=-90,
+                callback=cb("estimator", self.on_estimator),
+            )  # fmt: skip
+            t["estimator_doc"] = dpg.add_text(
+                ESTIMATOR_DOCS.get(s.estimator, ""), wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185)
+            )
+            t["steps"] = dpg.add_slider_int(
+                label="steps T", min_value=1, max_value=50, default_value=s.steps, width=-90,
+                callback=cb("steps", self.on_steps),
+            )  # fmt: skip
+            t["candidates"] = dpg.add_slider_int(
+                label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
+                width=-90, callback=cb("candidates", self.on_candidates),
+            )  # fmt: skip
+            t["best_of"] = dpg.add_checkbox(
+                label="best-of-N (execute the highest-Q candidate)", default_value=s.best_of,
+                callback=cb("best-of", self.on_best_of),
+            )  # fmt: skip
+            t["seed"] = dpg.add_input_int(
+                label="seed", default_value=s.seed, width=120, on_enter=True,
+                callback=cb("seed", self.on_seed),
+            )  # fmt: skip
+            self._inputs.append(t["seed"])
+        with dpg.collapsing_header(label="Playback", default_open=True):
+            with dpg.group(horizontal=True):
+                t["play"] = dpg.add_button(
+                    label="Play", width=70, callback=cb("play", self.play_pause)
+                )
+                dpg.add_button(label="Step", width=60, callback=cb("step", self.single_step))
+                dpg.add_button(label="Reset", width=60, callback=cb("reset", self.reset))
+                dpg.add_button(
+                    label="Screenshot", callback=cb("screenshot", lambda *_: self.screenshot())
+                )
+            with dpg.group(horizontal=True):
+                t["speed"] = dpg.add_slider_float(
+                    label="steps/s", min_value=1, max_value=60, default_value=REAL_TIME_STEPS,
+                    width=170, format="%.0f", callback=cb("speed", self.on_speed),
+                )  # fmt: skip
+                t["max_speed"] = dpg.add_checkbox(
+                    label="max", callback=cb("speed", self.on_max_speed)
+                )
+        with dpg.collapsing_header(label="Camera and layers", default_open=False):
+            with dpg.group(horizontal=True):
+                for name in ("front", "side", "top", "follow"):
+                    dpg.add_button(
+                        label=name, callback=cb("camera", lambda *_, n=name: self.set_camera(n))
+                    )
+            layers = self.frames.layers
+            for name, label in (
+                ("denoise", "denoising steps (a_hat at each t)"),
+                ("final", "final candidates"),
+                ("executed", "executed action"),
+                ("ghost", "unguided ghost (w = 0, same noise)"),
+                ("gripper", "gripper command"),
+                ("off_manifold", "off-manifold marks"),
+            ):
+                t[f"layer_{name}"] = dpg.add_checkbox(
+                    label=label, default_value=getattr(layers, name), user_data=name,
+                    callback=cb("layer", self.on_layer),
+                )  # fmt: skip
+        with dpg.collapsing_header(label="Render", default_open=False):
+            rs = self.frames.settings
+            t["gl"] = dpg.add_text("", wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185))
+            t["resolution"] = dpg.add_combo(
+                _RESOLUTIONS, default_value="fit window", label="resolution", width=-90,
+                callback=cb("resolution", self.on_resolution),
+            )  # fmt: skip
+            t["aa"] = dpg.add_checkbox(
+                label="anti-aliasing (4x MSAA)", default_value=rs.offsamples > 0,
+                callback=cb("anti-aliasing", self.on_antialias),
+            )  # fmt: skip
+            for flag in ("shadows", "skybox", "reflection"):
+                t[flag] = dpg.add_checkbox(
+                    label=flag, default_value=getattr(rs, flag), user_data=flag,
+                    callback=cb(flag, self.on_render_flag),
+                )  # fmt: skip
+        for panel in self.panels:
+            self._call("panel", panel, self)
+        dpg.add_text("H or F1: keyboard help", color=(150, 155, 165))
+
+    def _build_plots(self) -> None:
+        t = self._tags
+        with dpg.plot(label="Episode", height=PLOT_HEIGHT, width=300) as t["plot_episode"]:
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest)
+            t["ep_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
+            with dpg.plot_axis(dpg.mvYAxis, label="value") as t["ep_y"]:
+                t["ep_q"] = dpg.add_line_series([], [], label="Q(s, a) executed")
+                t["ep_v"] = dpg.add_line_series([], [], label="V(s)")
+                t["ep_r"] = dpg.add_line_series([], [], label="reward")
+                t["ep_success"] = dpg.add_scatter_series([], [], label="success")
+        with dpg.plot(label="Q along denoising (this step)", height=PLOT_HEIGHT, width=300) as (
+            t["plot_q"]
+        ):
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest)
+            t["q_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (T = final)")
+            t["q_y"] = dpg.add_plot_axis(dpg.mvYAxis, label="Q")
+        with dpg.plot(label="a_hat of the executed candidate", height=PLOT_HEIGHT, width=300) as (
+            t["plot_a"]
+        ):
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest, horizontal=True)
+            t["a_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (faint: w = 0)")
+            with dpg.plot_axis(dpg.mvYAxis, label="action") as t["a_y"]:
+                dpg.set_axis_limits(t["a_y"], -1.1, 1.1)
+        self._series_themes()
+        self._q_series: list[int | str] = []
+        self._a_series: list[int | str] = []
+
+    def _series_themes(self) -> None:
+        def line_theme(color, weight=1.5, marker=None):
+            with dpg.theme() as th, dpg.theme_component(dpg.mvAll):
+                dpg.add_theme_color(dpg.mvPlotCol_Line, color, category=dpg.mvThemeCat_Plots)
+                dpg.add_theme_style(
+                    dpg.mvPlotStyleVar_LineWeight, weight, category=dpg.mvThemeCat_Plots
+                )
+                if marker is not None:
+                    dpg.add_theme_style(
+                        dpg.mvPlotStyleVar_Marker, marker, category=dpg.mvThemeCat_Plots
+                    )
+                    dpg.add_theme_color(
+                        dpg.mvPlotCol_MarkerFill, color, category=dpg.mvThemeCat_Plots
+                    )
+                    dpg.add_theme_color(
+                        dpg.mvPlotCol_MarkerOutline, color, category=dpg.mvThemeCat_Plots
+                    )
+                    dpg.add_theme_style(
+                        dpg.mvPlotStyleVar_MarkerSize, 5, category=dpg.mvThemeCat_Plots
+                    )
+            return th
+
+        t = self._tags
+        yellow = _rgb255(time_color(1.0))
+        self._theme_guided = line_theme((yellow[0], yellow[1], yellow[2], 150))
+        self._theme_unguided = line_theme((160, 168, 180, 150))
+        self._theme_exec = line_theme((255, 255, 255, 255), 3.0)
+        self._theme_dims = [line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
+        self._theme_dims_ghost = [line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
+        dpg.bind_item_theme(t["ep_q"], line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["ep_v"], line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["ep_r"], line_theme((200, 120, 255, 255), 1.5))
+        dpg.bind_item_theme(
+            t["ep_success"], line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
+        )
+
+    def _build_help(self) -> None:
+        with (
+            dpg.window(
+                label="Keyboard and mouse (H or F1)", modal=False, show=False, no_collapse=True,
+                width=430, height=370, pos=(self.width // 2 - 215, 120),
+            ) as self._tags["help"],
+            dpg.table(header_row=False, borders_innerH=True),
+        ):  # fmt: skip
+            dpg.add_table_column(width_fixed=True, init_width_or_weight=110)
+            dpg.add_table_column()
+            for key, what in KEYS:
+                with dpg.table_row():
+                    dpg.add_text(key, color=(255, 220, 120))
+                    dpg.add_text(what)
+
+    def _build_file_dialog(self) -> None:
+        def chosen(sender, app_data, user_data=None) -> None:
+            path = app_data.get("file_path_name") or app_data.get("current_path")
+            if path:
+                self.open_checkpoint(path)
+
+        start = self.session.checkpoint_path or Path.cwd() / "checkpoints"
+        self._tags["file_dialog"] = dpg.add_file_dialog(
+            directory_selector=True, show=False, width=640, height=420,
+            default_path=str(start.parent if start.exists() else Path.cwd()),
+            callback=self.callback("open checkpoint", chosen),
+        )  # fmt: skip
+
+    def _build_handlers(self) -> None:
+        keys = (
+            (dpg.mvKey_Spacebar, self.play_pause),
+            (dpg.mvKey_Right, self.single_step),
+            (dpg.mvKey_R, self.reset),
+            (dpg.mvKey_H, self.toggle_help),
+            (dpg.mvKey_F1, self.toggle_help),
+            (dpg.mvKey_Escape, lambda: dpg.hide_item(self._tags["help"])),
+            (dpg.mvKey_Up, lambda: self.nudge_weight(WEIGHT_STEP)),
+            (dpg.mvKey_Down, lambda: self.nudge_weight(1 / WEIGHT_STEP)),
+            (dpg.mvKey_1, lambda: self.set_camera("front")),
+            (dpg.mvKey_2, lambda: self.set_camera("side")),
+            (dpg.mvKey_3, lambda: self.set_camera("top")),
+            (dpg.mvKey_4, lambda: self.set_camera("follow")),
+            (dpg.mvKey_G, lambda: self.toggle_layer("ghost")),
+            (dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
+            (dpg.mvKey_P, lambda: self.screenshot()),
+        )
+        with dpg.handler_registry():
+            for key, action in keys:
+                dpg.add_key_press_handler(
+                    key, callback=self.callback("key", self._key(lambda a=action: a()))
+                )
+            dpg.add_mouse_wheel_handler(callback=self.callback("zoom", self._on_wheel))
+
+    # --- layout and refresh -------------------------------------------------------------
+    def _scene_area(self) -> tuple[int, int]:
+        """Pixels available to the scene image for the current window size."""
+        if getattr(self, "_built", False):
+            vw = dpg.get_viewport_client_width() or self.width
+            vh = dpg.get_viewport_client_height() or self.height
+        else:
+            vw, vh = self.width, self.height
+        w = vw - CONTROLS_WIDTH - 40
+        h = vh - PLOT_HEIGHT - STATUS_HEIGHT - LEGEND_HEIGHT - 48
+        # Multiples of 8 keep texture rows aligned.
+        return max(160, w // 8 * 8), max(120, h // 8 * 8)
+
+    def _layout(self) -> None:
+        if not self._built:
+            return
+        t = self._tags
+        vw = dpg.get_viewport_client_width() or self.width
+        vh = dpg.get_viewport_client_height() or self.height
+        top = vh - PLOT_HEIGHT - STATUS_HEIGHT - 26
+        dpg.configure_item(t["scene_panel"], height=top)
+        dpg.configure_item(t["controls"], height=top)
+        aw, ah = self._scene_area()
+        th, tw = self._buffer.shape[:2]
+        scale = min(aw / tw, ah / th)
+        dpg.configure_item(t["image"], width=int(tw * scale), height=int(th * scale))
+        pw = (vw - 36) // 3
+        for name in ("plot_episode", "plot_q", "plot_a"):
+            dpg.configure_item(t[name], width=pw, height=PLOT_HEIGHT)
+        if self._fit and (aw, ah) != (self._scene_w, self._scene_h):
+            self._scene_w, self._scene_h = aw, ah
+            self.frames.configure(width=aw, height=ah)
+
+    def _log_weight(self) -> bool:
+        return bool(dpg.get_value(self._tags["log"]))
+
+    def _set_log(self, log: bool) -> None:
+        t = self._tags
+        w = self.session.settings.weight
+        if log:
+            dpg.configure_item(
+                t["weight_slider"], min_value=W_LOG_MIN, max_value=W_LOG_MAX, format="10^%.2f"
+            )
+            dpg.set_value(t["weight_slider"], math.log10(max(w, 10**W_LOG_MIN)))
+        else:
+            dpg.configure_item(
+                t["weight_slider"], min_value=0.0, max_value=W_LINEAR_MAX, format="%.3f"
+            )
+            dpg.set_value(t["weight_slider"], w)
+        self.command("log", lambda s: s.update(log_weight=log))
+
+    def _show_weight(self, w: float) -> None:
+        t = self._tags
+        dpg.set_value(t["weight_input"], w)
+        if self._log_weight():
+            dpg.set_value(t["weight_slider"], math.log10(max(w, 10**W_LOG_MIN)))
+        else:
+            dpg.set_value(t["weight_slider"], w)
+
+    def _sync_controls(self) -> None:
+        """Set every control from the session's settings (after start or a switch)."""
+        s = self.session.settings
+        t = self._tags
+        dpg.set_value(t["log"], s.log_weight)
+        self._set_log(s.log_weight)
+        self._show_weight(s.weight)
+        dpg.set_value(t["estimator"], s.estimator)
+        dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(s.estimator, ""))
+        dpg.set_value(t["steps"], s.steps)
+        dpg.set_value(t["candidates"], s.candidates)
+        dpg.set_value(t["best_of"], s.best_of)
+        dpg.set_value(t["seed"], s.seed)
+        dpg.set_value(t["env"], s.env_name)
+
+    def _refresh(self) -> None:
+        """Status bar every frame; text and plots when the shown step changed."""
+        while self._pending_errors:
+            self.report(self._pending_errors.popleft(), error=True)
+        t = self._tags
+        spec = self.frame_spec
+        session = self.session
+        if spec is not None and spec.version != self._plotted_version:
+            self._plotted_version = spec.version
+            self._plot(spec)
+            if dpg.get_value(t["env"]) != session.settings.env_name:
+                self._sync_controls()
+        playing = self.worker.playing
+        dpg.configure_item(t["play"], label="Pause" if playing else "Play")
+        dpg.bind_item_theme(t["play"], self._play_theme if playing else 0)
+        self._status()
+
+    def _plot(self, spec: FrameSpec) -> None:
+        t = self._tags
+        session = self.session
+        rec = spec.record
+        label = session.label
+        random = session.config is None
+        dpg.set_value(
+            t["checkpoint"],
+            f"checkpoint: {label}" + (" (untrained)" if random else ""),
+        )
+        dpg.set_value(t["label"], "  RANDOM WEIGHTS" if random else "")
+        dpg.set_value(t["gl"], f"GL: {self.frames.stats.gl}")
+        if rec is None:
+            return
+        s = rec.settings
+        limit = getattr(session.env, "spec", None)
+        max_steps = getattr(limit, "max_episode_steps", None) or "?"
+        dpg.set_value(
+            t["info"],
+            f"{s.env_name}\nepisode {session.episode}   step {rec.index}/{max_steps}"
+            f"   return {session.episode_return:.1f}   "
+            + ("SUCCESS" if session.success else "done" if session.done else ""),
+        )
+        dpg.set_value(
+            t["values"],
+            f"Q(s,a) = {rec.q:.3f}   V(s) = {rec.v:.3f}   chunk {rec.chunk_step + 1}/"
+            f"{rec.sample.horizon}",
+        )
+        curves = session.episode_curves()
+        x = curves["step"].tolist()
+        dpg.set_value(t["ep_q"], [x, curves["q"].tolist()])
+        dpg.set_value(t["ep_v"], [x, curves["v"].tolist()])
+        dpg.set_value(t["ep_r"], [x, curves["reward"].tolist()])
+        hit = curves["success"] > 0
+        dpg.set_value(
+            t["ep_success"], [curves["step"][hit].tolist(), curves["reward"][hit].tolist()]
+        )
+        if len(x):
+            dpg.fit_axis_data(t["ep_x"])
+            dpg.fit_axis_data(t["ep_y"])
+        self._plot_denoising(rec.sample, rec.chunk_step)
+
+    def _plot_denoising(self, sample, chunk_step: int) -> None:
+        t = self._tags
+        for item in self._q_series + self._a_series:
+            dpg.delete_item(item)
+        self._q_series, self._a_series = [], []
+        g, u = sample.guided, sample.unguided
+        steps = g.steps
+        k = list(range(steps + 1))
+        q_g = np.concatenate([g.q_hat.numpy(), g.q_final.numpy()[None]], axis=0)  # [T+1, N]
+        q_u = np.concatenate([u.q_hat.numpy(), u.q_final.numpy()[None]], axis=0)
+        n = q_g.shape[1]
+        # One legend entry per group: ImPlot hides labels after "##".
+        for i in range(n):
+            label = "unguided (w=0)" if i == 0 else f"##unguided{i}"
+            s = dpg.add_line_series(k, q_u[:, i].tolist(), label=label, parent=t["q_y"])
+            dpg.bind_item_theme(s, self._theme_unguided)
+            self._q_series.append(s)
+        for i in range(n):
+            label = "guided" if i == 0 else f"##guided{i}"
+            s = dpg.add_line_series(k, q_g[:, i].tolist(), label=label, parent=t["q_y"])
+            dpg.bind_item_theme(s, self._theme_guided)
+            self._q_series.append(s)
+        e = sample.executed
+        s = dpg.add_line_series(k, q_g[:, e].tolist(), label="executed", parent=t["q_y"])
+        dpg.bind_item_theme(s, self._theme_exec)
+        self._q_series.append(s)
+        dpg.fit_axis_data(t["q_x"])
+        dpg.fit_axis_data(t["q_y"])
+
+        # a_hat at each step, then the final action, of the executed candidate's current
+        # action in the chunk (5 env dims), guided solid and unguided faint.
+        d = g.a_hat.shape[-1] // sample.horizon
+        sl = slice(chunk_step * d, (chunk_step + 1) * d)
+        a_g = np.concatenate([g.a_hat[:, e, sl].numpy(), g.final[e, sl].numpy()[None]])
+        a_u = np.concatenate([u.a_hat[:, e, sl].numpy(), u.final[e, sl].numpy()[None]])
+        for j in range(d):
+            name = _ACTION_NAMES[j] if j < len(_ACTION_NAMES) else f"a{j}"
+            s = dpg.add_line_series(k, a_u[:, j].tolist(), label=f"##{name} w=0", parent=t["a_y"])
+            dpg.bind_item_theme(s, self._theme_dims_ghost[j % len(_DIM_COLORS)])
+            self._a_series.append(s)
+            s = dpg.add_line_series(k, a_g[:, j].tolist(), label=name, parent=t["a_y"])
+            dpg.bind_item_theme(s, self._theme_dims[j % len(_DIM_COLORS)])
+            self._a_series.append(s)
+        dpg.fit_axis_data(t["a_x"])
+
+    def _status(self) -> None:
+        t = self._tags
+        session = self.session
+        st = self.frames.stats
+        timings = session.timings
+        rec = self.frame_spec.record if self.frame_spec is not None else None
+        s = session.settings
+        parts = [
+            f"GUI {dpg.get_frame_rate():4.0f} fps",
+            f"scene {self.scene_fps:4.1f} fps",
+            f"policy {timings.policy:5.0f} ms",
+            f"render {st.scene_ms + st.render_ms:4.0f} ms",
+            f"upload {self._upload_ms:4.1f} ms",
+            f"step {rec.index if rec else 0}",
+            f"return {session.episode_return:.1f}",
+            "success" if session.success else "no success yet",
+            f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
+            + (" best-of" if s.best_of else ""),
+        ]
+        if self.worker.busy:
+            parts.append("sampling ...")
+        dpg.set_value(t["status_text"], "  |  ".join(parts))
+        now = time.monotonic()
+        errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
+        notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
+        dpg.set_value(t["status_error"], f"ERROR {errors[-1].text}" if errors else "")
+        dpg.set_value(t["status_note"], notes[-1].text if notes and not errors else "")
+
+    def status_text(self) -> str:
+        """The status bar's text as shown (for tests and scripts)."""
+        t = self._tags
+        return "  ".join(
+            dpg.get_value(t[k]) for k in ("status_text", "status_error", "status_note")
+        )

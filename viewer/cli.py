@@ -1,0 +1,80 @@
+"""``qgf view``: the viewer window (or, with ``--toy``, the paper's toy examples)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "open the viewer on a checkpoint (default: the shipped default checkpoint)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint directory (default: the shipped default; random weights if none)",
+    )
+    parser.add_argument("--env", help="OGBench env/task name (default: the checkpoint's env)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    parser.add_argument("--weight", type=float, help="initial guidance weight")
+    parser.add_argument("--estimator", help="initial gradient estimator")
+    parser.add_argument("--candidates", type=int, help="candidates N drawn per step")
+    parser.add_argument("--seed", type=int, default=0, help="episode and noise seed")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="ignore the shipped checkpoint and use untrained networks",
+    )
+    parser.add_argument("--width", type=int, default=1280, help="window width")
+    parser.add_argument("--height", type=int, default=800, help="window height")
+    parser.add_argument(
+        "--frames", type=int, help="run this many GUI frames, then exit (for scripts and tests)"
+    )
+    parser.add_argument("--screenshot", help="with --frames: save the window to this PNG")
+    parser.add_argument(
+        "--play", action="store_true", help="start playing (with --frames: step while running)"
+    )
+    parser.add_argument(
+        "--toy", action="store_true", help="the paper's 1-D and 2-D toy examples (no robot)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.screenshot and args.frames is None:
+        print("qgf view: --screenshot needs --frames N", file=sys.stderr)
+        return 2
+    if args.screenshot:
+        parent = Path(args.screenshot).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            print(f"qgf view: cannot write a screenshot into {parent}", file=sys.stderr)
+            return 2
+    if args.toy:
+        from viewer.toy_app import main as toy_main
+
+        return int(toy_main(args) or 0)
+
+    from dataclasses import replace
+
+    from viewer.session import Session, Settings, default_checkpoint
+
+    settings = Settings(device=args.device, seed=args.seed)
+    for name in ("weight", "estimator", "candidates"):
+        value = getattr(args, name)
+        if value is not None:
+            settings = replace(settings, **{name: value})
+    settings.validate()
+    checkpoint = args.checkpoint
+    if checkpoint is None and not args.random_weights:
+        checkpoint = default_checkpoint()
+        if checkpoint is None:
+            print("qgf view: no shipped checkpoint found: opening random weights", file=sys.stderr)
+    session = Session(checkpoint, settings=settings, env_name=args.env)
+
+    from viewer.app import ViewerApp
+
+    app = ViewerApp(session, width=args.width, height=args.height)
+    if args.play:
+        app.worker.play()
+    return app.run(frames=args.frames, screenshot=args.screenshot)

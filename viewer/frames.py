@@ -1,0 +1,272 @@
+"""MuJoCo rendering on a thread of its own, frames handed to the GUI through a buffer.
+
+MuJoCo's GL context and Dear PyGui's must not share a thread (PLATFORM.md: same-thread use
+crashed with GLX, EGL and OSMesa alike). ``FrameStream`` therefore creates its
+``SceneRenderer`` on its own thread and renders there whenever something visible changed:
+the session published a new frame, the camera moved, or a layer or render setting changed.
+Each frame is converted once to float32 RGB (the only pixel type Dear PyGui textures take)
+into a back buffer; the GUI thread copies the newest one into its texture buffer with
+``take`` (about 1 ms at 640x480), so neither thread ever waits for the other's GL work.
+
+The renderer draws the recorded physics state into a private ``MjData`` (never the env's, which
+the policy thread is stepping), so any state can be shown: the current one, or a past one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import mujoco
+import numpy as np
+
+from core.render import OverlayLayers, RenderSettings, SceneRenderer
+from viewer.session import FrameSpec
+
+FrameHook = Callable[[np.ndarray, FrameSpec], None]
+_STATE_SPEC = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+_IDLE_WAIT = 0.25
+_FPS_WINDOW = 2.0
+
+
+@dataclass
+class FrameStats:
+    """Render-thread figures: frames rendered, frames per second over the last ~2 s, and
+    milliseconds of the last frame's parts (scene + overlay build, GL render, to-float)."""
+
+    frames: int = 0
+    fps: float = 0.0
+    scene_ms: float = 0.0
+    render_ms: float = 0.0
+    convert_ms: float = 0.0
+    dropped_geoms: int = 0
+    gl: str = ""
+
+
+class FrameStream:
+    """Renders a frame source on a private thread.
+
+    Args:
+        source: returns the ``FrameSpec`` to show (called on the render thread; must be
+            cheap and thread-safe, like ``Session.frame``).
+        settings: render settings; None lets the renderer pick fast defaults for its GL.
+        layers: overlay layers to draw.
+        on_error: called on the render thread with a message when a frame fails.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], FrameSpec],
+        settings: RenderSettings | None = None,
+        layers: OverlayLayers | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.layers = layers or OverlayLayers()
+        self.on_error = on_error
+        self.frame_hooks: list[FrameHook] = []
+        self.stats = FrameStats()
+        self._settings = settings
+        self._cv = threading.Condition()
+        self._commands: deque[Callable[[SceneRenderer], None]] = deque()
+        self._dirty = True
+        self._stop = False
+        self._ready: np.ndarray | None = None
+        self._ready_spec: FrameSpec | None = None
+        self._ready_serial = 0
+        self._taken_serial = 0
+        self._shown_version = -1
+        self._times: deque[float] = deque()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self.preset = "front"
+        self.settings: RenderSettings | None = None
+        self._thread = threading.Thread(target=self._run, name="qgf-render", daemon=True)
+        self._thread.start()
+        self._started.wait(60.0)
+        if self._start_error is not None:
+            raise RuntimeError(f"renderer failed to start: {self._start_error}") from (
+                self._start_error
+            )
+
+    # --- any thread ---------------------------------------------------------------------
+    def request(self) -> None:
+        """Render again even if the source did not change (e.g. a setting changed)."""
+        with self._cv:
+            self._dirty = True
+            self._cv.notify_all()
+
+    def _command(self, fn: Callable[[SceneRenderer], None]) -> None:
+        with self._cv:
+            self._commands.append(fn)
+            self._dirty = True
+            self._cv.notify_all()
+
+    def move_camera(self, kind: str, dx: float, dy: float) -> None:
+        """Orbit / pan / zoom by a mouse motion (fractions of the image height)."""
+        self._command(lambda r: r.move_camera(kind, dx, dy))
+
+    def set_preset(self, name: str) -> None:
+        """Camera preset: front, side, top or follow."""
+
+        def apply(r: SceneRenderer) -> None:
+            r.set_preset(name, self._data)
+            self.preset = r.preset
+
+        self._command(apply)
+
+    def set_layers(self, **changes: bool) -> None:
+        self.layers = replace(self.layers, **changes)
+        self.request()
+
+    def configure(self, **changes) -> None:
+        """Change render settings (width, height, offsamples, shadows, skybox, reflection)."""
+
+        def apply(r: SceneRenderer) -> None:
+            r.configure(replace(r.settings, **changes))
+            self.settings = replace(r.settings)
+
+        self._command(apply)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(height, width, 3)`` of the frames currently produced."""
+        s = self.settings
+        return (s.height, s.width, 3)
+
+    def take(self, out: np.ndarray) -> FrameSpec | None:
+        """Copy the newest finished frame into ``out`` (``[H, W, 3]`` float32) if there is
+        one not yet taken and it fits; returns its ``FrameSpec`` (None if nothing new)."""
+        with self._cv:
+            if self._ready is None or self._ready_serial == self._taken_serial:
+                return None
+            if self._ready.shape != out.shape:
+                return None
+            np.copyto(out, self._ready)
+            self._taken_serial = self._ready_serial
+            return self._ready_spec
+
+    def latest_shape(self) -> tuple[int, ...] | None:
+        """Shape of the newest finished frame (the GUI resizes its texture to it)."""
+        with self._cv:
+            return None if self._ready is None else self._ready.shape
+
+    def wait_frame(self, after: int, timeout: float = 10.0) -> bool:
+        """Block until more than ``after`` frames were rendered; False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self.stats.frames <= after:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    # --- the render thread --------------------------------------------------------------
+    def _run(self) -> None:
+        renderer: SceneRenderer | None = None
+        model: mujoco.MjModel | None = None
+        self._data: mujoco.MjData | None = None
+        try:
+            spec = self.source()
+            model = spec.model
+            renderer = SceneRenderer(model, self._settings)
+            self._data = mujoco.MjData(model)
+            self.settings = replace(renderer.settings)
+            self.stats.gl = renderer.gl_vendor
+        except BaseException as e:
+            self._start_error = e
+            self._started.set()
+            return
+        self._started.set()
+        rgb = np.empty(renderer.shape, np.uint8)
+        try:
+            while True:
+                with self._cv:
+                    while not self._stop and not self._wanted():
+                        self._cv.wait(_IDLE_WAIT)
+                    if self._stop:
+                        return
+                    commands = list(self._commands)
+                    self._commands.clear()
+                    self._dirty = False
+                spec = self.source()
+                try:
+                    if spec.model is not model:
+                        # A new env: a new renderer (GL objects belong to the model).
+                        renderer.close()
+                        model = spec.model
+                        renderer = SceneRenderer(model, renderer.settings)
+                        self._data = mujoco.MjData(model)
+                    for fn in commands:
+                        fn(renderer)
+                    if rgb.shape != renderer.shape:
+                        rgb = np.empty(renderer.shape, np.uint8)
+                    self._render(renderer, spec, rgb)
+                except Exception as e:  # one bad frame must not end the render thread
+                    self._report(e)
+        finally:
+            if renderer is not None:
+                renderer.close()
+
+    def _wanted(self) -> bool:
+        if self._dirty or self._commands:
+            return True
+        return self.source().version != self._shown_version
+
+    def _render(self, renderer: SceneRenderer, spec: FrameSpec, rgb: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        data = self._data
+        if spec.physics.shape != (mujoco.mj_stateSize(spec.model, _STATE_SPEC),):
+            raise ValueError("frame state does not fit the model")
+        mujoco.mj_setState(spec.model, data, spec.physics, _STATE_SPEC)
+        mujoco.mj_forward(spec.model, data)
+        renderer.update(data, spec.overlay, self.layers)
+        t1 = time.perf_counter()
+        renderer.render_scene(out=rgb)
+        t2 = time.perf_counter()
+        # Convert outside the lock into a fresh buffer, then publish it by reference.
+        frame = np.empty(rgb.shape, np.float32)
+        np.multiply(rgb, np.float32(1.0 / 255.0), out=frame)
+        t3 = time.perf_counter()
+        for hook in list(self.frame_hooks):
+            hook(rgb, spec)
+        now = time.perf_counter()
+        with self._cv:
+            self._ready = frame
+            self._ready_spec = spec
+            self._ready_serial += 1
+            self._shown_version = spec.version
+            self._times.append(now)
+            while self._times and now - self._times[0] > _FPS_WINDOW:
+                self._times.popleft()
+            span = self._times[-1] - self._times[0] if len(self._times) > 1 else 0.0
+            self.stats = replace(
+                self.stats,
+                frames=self.stats.frames + 1,
+                fps=(len(self._times) - 1) / span if span > 0 else 0.0,
+                scene_ms=1000 * (t1 - t0),
+                render_ms=1000 * (t2 - t1),
+                convert_ms=1000 * (t3 - t2),
+                dropped_geoms=renderer.dropped_geoms,
+            )
+            self._cv.notify_all()
+
+    def _report(self, e: BaseException) -> None:
+        message = f"render: {type(e).__name__}: {e}"
+        traceback.print_exc()
+        if self.on_error is not None:
+            try:
+                self.on_error(message)
+            except Exception:
+                traceback.print_exc()

@@ -1,0 +1,610 @@
+"""The viewer's model: one OGBench episode driven by a guided flow policy, step by step.
+
+A ``Session`` owns the env, the checkpoint (policy, critic, config), the settings and the
+history, and does all the work: sampling the current step (N guided candidates and, from the
+same noise, N unguided ones at weight 0 as a ghost), stepping, resetting, switching estimator,
+task or checkpoint. It imports no GUI: the Dear PyGui app only reads it and sends it commands
+(through ``viewer.worker`` so that a slow sample never blocks a frame), and tests drive it
+directly.
+
+Time line of an episode::
+
+    history[0]   history[1]   ...   history[t-1]   current
+    s_0, a_0 ->  s_1, a_1 ->  ...   s_{t-1}, a ->  s_t (sampled, not yet acted on)
+
+Every ``StepRecord`` keeps the state it was taken in (an exact ``EnvSnapshot``), the
+observation, the settings, the denoising (``StepSample``) and the critic's values; once
+executed it also holds the action, reward and success. With action chunks (horizon H > 1),
+one sample serves H consecutive steps (executed open loop), so those records share it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import torch
+
+from core import envs
+from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
+from core.models import Critic, VelocityField
+from core.render import Overlay
+
+DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
+CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+RANDOM_LABEL = "random weights"
+# Random-weight fallback networks: small, so the app is responsive before any checkpoint.
+_RANDOM_HIDDEN = (256, 256, 256, 256)
+_MAX_CANDIDATES = 64
+_MAX_STEPS = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides what the policy does at a step (one frozen value per record).
+
+    Attributes:
+        env_name: OGBench dataset-style name, e.g. ``cube-single-play-singletask-task2-v0``.
+        weight: guidance weight w (= 1/beta).
+        log_weight: the weight slider's scale (log or linear); no effect on sampling.
+        estimator: a name in ``core.guidance.ESTIMATORS``.
+        steps: Euler steps T.
+        candidates: N candidates drawn (and drawn in the scene) at each sample.
+        best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0,
+            which is exactly what a single-sample policy with this seed would do.
+        seed: episode start state and the denoising noise (noise of step t is a fixed
+            function of (seed, t), so changing the weight keeps the noise).
+        device: torch device of the networks.
+    """
+
+    env_name: str = DEFAULT_ENV
+    weight: float = 0.03
+    log_weight: bool = True
+    estimator: str = "qgf"
+    steps: int = 10
+    candidates: int = 8
+    best_of: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown estimator {self.estimator!r}; registered: {', '.join(ESTIMATORS)}"
+            )
+        if not 1 <= self.steps <= _MAX_STEPS:
+            raise ValueError(f"steps T must be in 1..{_MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.candidates <= _MAX_CANDIDATES:
+            raise ValueError(f"candidates N must be in 1..{_MAX_CANDIDATES}, got {self.candidates}")
+        if not np.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
+
+
+# Settings whose change only needs a new sample of the current state (no reset).
+RESAMPLE_FIELDS = frozenset({"weight", "estimator", "steps", "candidates", "best_of", "seed"})
+
+
+@dataclass
+class StepSample:
+    """The denoising of one state: N guided candidates and N unguided (w = 0) ones.
+
+    Both come from the same initial noise, so the difference between them is the guidance.
+
+    Attributes:
+        guided: ``DenoiseTrace`` of one row with ``best_of = N`` (``B* = N``), on the CPU.
+        unguided: the same at weight 0 (the ghost).
+        noise: ``[N, A]`` the shared initial noise a_0 (``A = H * action_dim``).
+        executed: candidate index in 0..N-1 whose action is executed.
+        settings: the settings that produced it.
+        origin: ``[3]`` effector position when sampled (start of every path).
+        ee_denoise: ``[T, N, H, 3]`` effector targets of the guided a_hat at each step.
+        ee_final: ``[N, H, 3]`` effector targets of the guided final actions.
+        ee_ghost: ``[N, H, 3]`` effector targets of the unguided final actions.
+        gripper: ``[N, H]`` gripper targets (0 open .. 1 closed) of the guided finals.
+        off_manifold: ``[N]`` bool flags from a distance-to-data check, or None.
+        seconds: wall time of sampling and mapping.
+    """
+
+    guided: DenoiseTrace
+    unguided: DenoiseTrace
+    noise: torch.Tensor
+    executed: int
+    settings: Settings
+    origin: np.ndarray
+    ee_denoise: np.ndarray
+    ee_final: np.ndarray
+    ee_ghost: np.ndarray
+    gripper: np.ndarray
+    off_manifold: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def horizon(self) -> int:
+        return self.ee_final.shape[1]
+
+    @property
+    def chunk(self) -> np.ndarray:
+        """``[H, action_dim]`` the executed candidate's final action, as a chunk."""
+        a = self.guided.final[self.executed].numpy()
+        return a.reshape(self.horizon, -1)
+
+    @property
+    def q_executed(self) -> float:
+        """Q(s, executed action) (the critic's aggregated value)."""
+        return float(self.guided.q_final[self.executed])
+
+    def overlay(self) -> Overlay:
+        """The scene overlay of this sample (``core.render.Overlay``)."""
+        return Overlay(
+            origin=self.origin,
+            denoise=self.ee_denoise,
+            final=self.ee_final,
+            executed=self.executed,
+            ghost=self.ee_ghost,
+            gripper=self.gripper[self.executed],
+            off_manifold=self.off_manifold,
+            nonfinite=self.guided.nonfinite.numpy(),
+        )
+
+
+@dataclass
+class StepRecord:
+    """One step of the episode: the state, what the policy made of it, and what happened.
+
+    Attributes:
+        index: env step t within the episode.
+        snapshot: exact env state before the action (``core.envs.EnvSnapshot``).
+        obs: ``[O]`` observation at that state.
+        settings: settings in force when the action was chosen.
+        sample: the denoising that produced the action (shared by the H steps of a chunk).
+        chunk_step: which action of the sample's chunk this step executes (0..H-1).
+        v: V(s).
+        action: ``[action_dim]`` executed env action (None until executed).
+        reward, success, terminated, truncated: outcome of the step (None until executed).
+    """
+
+    index: int
+    snapshot: envs.EnvSnapshot
+    obs: np.ndarray
+    settings: Settings
+    sample: StepSample
+    chunk_step: int
+    v: float
+    action: np.ndarray | None = None
+    reward: float | None = None
+    success: bool | None = None
+    terminated: bool | None = None
+    truncated: bool | None = None
+
+    @property
+    def q(self) -> float:
+        """Q of the executed action (of the whole chunk for chunked policies)."""
+        return self.sample.q_executed
+
+    @property
+    def executed(self) -> bool:
+        return self.action is not None
+
+
+@dataclass
+class FrameSpec:
+    """What the renderer needs for one frame of the current state (immutable once made).
+
+    Attributes:
+        version: the session's version when it was made (changes on every state change).
+        model: the env's MjModel (a new one after an env switch).
+        physics: MuJoCo state vector ``[S]`` (``mjSTATE_INTEGRATION``) to render.
+        overlay: overlay of the current sample, or None.
+        record: the step record shown (for captions).
+    """
+
+    version: int
+    model: mujoco.MjModel
+    physics: np.ndarray
+    overlay: Overlay | None
+    record: StepRecord | None
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent by the last call of each part."""
+
+    policy: float = 0.0
+    env: float = 0.0
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def _row(trace: DenoiseTrace, i: int) -> DenoiseTrace:
+    """Row ``i`` of a batched trace as a one-row trace (``B* = best_of``)."""
+    n = trace.best_of
+    sl = slice(i * n, (i + 1) * n)
+    return DenoiseTrace(
+        actions=trace.actions[i : i + 1],
+        a_t=trace.a_t[:, sl],
+        a_hat=trace.a_hat[:, sl],
+        grad=trace.grad[:, sl],
+        q_hat=trace.q_hat[:, sl],
+        q_final=trace.q_final[sl],
+        chosen=trace.chosen[i : i + 1],
+        nonfinite=trace.nonfinite[sl],
+        weight=trace.weight[sl],
+        estimator=trace.estimator,
+        steps=trace.steps,
+        best_of=trace.best_of,
+        clip=trace.clip,
+    )
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """Seed of the denoising noise at env step ``step`` of an episode run with ``seed``."""
+    return (int(seed) * 1_000_003 + int(step)) % (2**63)
+
+
+def default_checkpoint() -> Path | None:
+    """The shipped default checkpoint directory, if it exists."""
+    path = CHECKPOINT_ROOT / DEFAULT_ENV
+    return path if (path / "config.json").exists() else None
+
+
+class Session:
+    """One env, one policy and critic, the settings and the history of the episode.
+
+    Args:
+        checkpoint: checkpoint directory; None opens random weights for ``settings.env_name``
+            (use ``default_checkpoint()`` for the shipped one).
+        settings: initial settings (``env_name`` is taken from the checkpoint when given and
+            the settings do not name one explicitly).
+        env_name: overrides ``settings.env_name``.
+        device: overrides ``settings.device``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        settings: Settings | None = None,
+        env_name: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        if device is not None:
+            settings = replace(settings, device=device)
+        self.settings = settings
+        self.env = None
+        self.policy: VelocityField | None = None
+        self.critic: Critic | None = None
+        self.config = None
+        self.checkpoint_path: Path | None = None
+        self.history: list[StepRecord] = []
+        self.current: StepRecord | None = None
+        self.episode = 0
+        self.version = 0
+        self.timings = Timings()
+        if checkpoint is not None:
+            self._load(Path(checkpoint), env_name)
+        else:
+            self._random(env_name or settings.env_name)
+        self.reset()
+
+    # --- reads --------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """What the policy is: the checkpoint's directory name, or "random weights"."""
+        return self.checkpoint_path.name if self.checkpoint_path else RANDOM_LABEL
+
+    @property
+    def horizon(self) -> int:
+        return self.policy.horizon
+
+    @property
+    def done(self) -> bool:
+        """The episode has ended (success with termination, or the time limit)."""
+        last = self.history[-1] if self.history else None
+        return bool(last is not None and (last.terminated or last.truncated))
+
+    @property
+    def episode_return(self) -> float:
+        return float(sum(r.reward for r in self.history if r.reward is not None))
+
+    @property
+    def success(self) -> bool:
+        """Whether any executed step reported success."""
+        return any(bool(r.success) for r in self.history)
+
+    @property
+    def step_index(self) -> int:
+        return len(self.history)
+
+    def frame(self) -> FrameSpec:
+        """The current state and overlay, for the renderer.
+
+        Made once per change by the thread that changed the session, so a reader on another
+        thread always gets a consistent (model, state, overlay) triple, never a half-switched env.
+        """
+        return self._frame
+
+    def episode_curves(self) -> dict[str, np.ndarray]:
+        """Per executed step ``[t]``: ``q``, ``v``, ``reward``, ``success`` (0/1), and ``step``."""
+        done = [r for r in self.history if r.executed]
+        return {
+            "step": np.array([r.index for r in done], dtype=np.float64),
+            "q": np.array([r.q for r in done], dtype=np.float64),
+            "v": np.array([r.v for r in done], dtype=np.float64),
+            "reward": np.array([r.reward for r in done], dtype=np.float64),
+            "success": np.array([bool(r.success) for r in done], dtype=np.float64),
+        }
+
+    # --- commands -----------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> StepRecord:
+        """Start a new episode (from ``seed``, or the settings' seed) and sample its first step."""
+        if seed is not None:
+            self.settings = replace(self.settings, seed=int(seed))
+        obs, _ = envs.reset(self.env, self.settings.seed)
+        self.history = []
+        self.episode += 1
+        self.current = self._arrive(np.asarray(obs), chunk_from=None)
+        self._bump()
+        return self.current
+
+    def update(self, **changes) -> StepRecord | None:
+        """Change settings. Sampling settings re-sample the current step at once (same
+        noise unless the seed changed); ``env_name`` switches env and resets; ``device``
+        moves the networks."""
+        unknown = set(changes) - {f.name for f in fields(Settings)}
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        new = replace(self.settings, **changes)
+        new.validate()
+        old, self.settings = self.settings, new
+        try:
+            if new.env_name != old.env_name:
+                self._switch_env(new.env_name)
+                return self.reset()
+            if new.device != old.device:
+                self._to_device(new.device)
+            if any(getattr(new, k) != getattr(old, k) for k in RESAMPLE_FIELDS):
+                return self.resample()
+        except Exception:
+            self.settings = old
+            raise
+        self._bump()
+        return self.current
+
+    def resample(self) -> StepRecord:
+        """Sample the current state again with the current settings (a new chunk from here)."""
+        rec = self.current
+        sample, v = self._sample(rec.obs, rec.index)
+        self.current = replace(
+            rec, settings=self.settings, sample=sample, chunk_step=0, v=v, action=None
+        )
+        self._bump()
+        return self.current
+
+    def step(self) -> StepRecord:
+        """Execute the current step's action; returns its (completed) record.
+
+        The next state is sampled at once (or, inside a chunk, takes the chunk's next action).
+        """
+        if self.done:
+            raise RuntimeError("the episode has ended: reset to start a new one")
+        rec = self.current
+        action = rec.sample.chunk[rec.chunk_step].astype(np.float64)
+        t0 = time.perf_counter()
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.timings.env = 1000 * (time.perf_counter() - t0)
+        rec = replace(
+            rec,
+            action=action,
+            reward=float(reward),
+            success=bool(info.get("success", False)),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+        )
+        self.history.append(rec)
+        follow = rec.chunk_step + 1 < rec.sample.horizon
+        self.current = self._arrive(np.asarray(obs), chunk_from=rec if follow else None)
+        self._bump()
+        return rec
+
+    def set_env(self, name: str) -> StepRecord:
+        """Switch env or task (resets). With random weights, networks are rebuilt to fit."""
+        return self.update(env_name=name)
+
+    def load_checkpoint(self, path: str | Path) -> StepRecord:
+        """Open a checkpoint (its env comes with it) and reset. On error nothing changes."""
+        previous = (
+            self.env,
+            self.policy,
+            self.critic,
+            self.config,
+            self.checkpoint_path,
+            self.settings,
+        )
+        try:
+            self._load(Path(path), None)
+        except Exception:
+            (
+                self.env,
+                self.policy,
+                self.critic,
+                self.config,
+                self.checkpoint_path,
+                self.settings,
+            ) = previous
+            raise
+        return self.reset()
+
+    def use_random_weights(self) -> StepRecord:
+        """Drop the checkpoint: random networks for the current env (clearly labelled)."""
+        self._random(self.settings.env_name)
+        return self.reset()
+
+    # --- internals ----------------------------------------------------------------------
+    def _bump(self) -> None:
+        self.version += 1
+        rec = self.current
+        self._frame = FrameSpec(
+            version=self.version,
+            model=self.env.unwrapped.model,
+            physics=rec.snapshot.physics,
+            overlay=rec.sample.overlay(),
+            record=rec,
+        )
+
+    def _arrive(self, obs: np.ndarray, chunk_from: StepRecord | None) -> StepRecord:
+        """A record for the state just reached: sampled, or continuing ``chunk_from``."""
+        index = len(self.history)
+        snap = envs.snapshot(self.env, observation=obs)
+        if chunk_from is not None:
+            return StepRecord(
+                index=index,
+                snapshot=snap,
+                obs=obs,
+                settings=chunk_from.settings,
+                sample=chunk_from.sample,
+                chunk_step=chunk_from.chunk_step + 1,
+                v=self._value(obs),
+            )
+        sample, v = self._sample(obs, index)
+        return StepRecord(index, snap, obs, self.settings, sample, 0, v)
+
+    def _value(self, obs: np.ndarray) -> float:
+        with torch.no_grad():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=self._device())[None]
+            return float(self.critic.v(o)[0])
+
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    def _sample(self, obs: np.ndarray, index: int) -> tuple[StepSample, float]:
+        """Guided and unguided candidates for ``obs`` in one batched call, mapped to the world.
+
+        Rows: 0 is guided at the settings' weight, 1 is the same noise at weight 0.
+        """
+        s = self.settings
+        t0 = time.perf_counter()
+        device = self._device()
+        n, a_dim = s.candidates, self.policy.action_dim
+        gen = torch.Generator().manual_seed(noise_seed(s.seed, index))
+        noise = torch.randn(n, a_dim, generator=gen)
+        o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        trace = guided_sample(
+            self.policy,
+            self.critic,
+            o.expand(2, -1),
+            estimator=s.estimator,
+            weight=torch.tensor([s.weight, 0.0], device=device),
+            steps=s.steps,
+            noise=torch.cat([noise, noise]).to(device),
+            best_of=n,
+        )
+        with torch.no_grad():
+            v = float(self.critic.v(o)[0])
+        trace = trace.to("cpu")
+        guided, unguided = _row(trace, 0), _row(trace, 1)
+        executed = int(guided.chosen[0]) if s.best_of else 0
+
+        h = self.horizon
+        t = s.steps
+        a_hat = guided.a_hat.numpy().reshape(t * n, h, -1)
+        final = guided.final.numpy().reshape(n, h, -1)
+        ghost = unguided.final.numpy().reshape(n, h, -1)
+        origin, _ = envs.effector_state(self.env)
+        targets = envs.action_to_ee_targets(self.env, np.concatenate([a_hat, final, ghost]))
+        xyz = targets.xyz.astype(np.float32)
+        sample = StepSample(
+            guided=guided,
+            unguided=unguided,
+            noise=noise,
+            executed=executed,
+            settings=s,
+            origin=origin,
+            ee_denoise=xyz[: t * n].reshape(t, n, h, 3),
+            ee_final=xyz[t * n : t * n + n],
+            ee_ghost=xyz[t * n + n :],
+            gripper=targets.gripper[t * n : t * n + n].astype(np.float32),
+        )
+        sample.seconds = time.perf_counter() - t0
+        self.timings.policy = 1000 * sample.seconds
+        return sample, v
+
+    def _env_dims(self, env) -> tuple[int, int]:
+        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+
+    def _switch_env(self, name: str) -> None:
+        env = envs.make_env(name, seed=self.settings.seed)
+        obs_dim, act_dim = self._env_dims(env)
+        if self.config is not None:
+            from core.checkpoints import check_env_dims
+
+            try:
+                check_env_dims(self.config, obs_dim, act_dim, name)
+            except Exception:
+                env.close()
+                raise
+        old, self.env = self.env, env
+        if old is not None:
+            old.close()
+        if self.config is None:
+            self._random_networks(obs_dim, act_dim)
+
+    def _random(self, env_name: str) -> None:
+        self.config = None
+        self.checkpoint_path = None
+        self.settings = replace(self.settings, env_name=env_name)
+        self.policy = None
+        self._switch_env(env_name)
+
+    def _random_networks(self, obs_dim: int, act_dim: int) -> None:
+        same = (
+            self.policy is not None
+            and self.policy.obs_dim == obs_dim
+            and self.policy.env_action_dim == act_dim
+        )
+        if same:
+            return
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        try:
+            policy = VelocityField(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
+            critic = Critic(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        self._install(policy, critic)
+
+    def _install(self, policy: VelocityField, critic: Critic) -> None:
+        device = torch.device(self.settings.device)
+        for net in (policy, critic):
+            net.to(device).eval().requires_grad_(False)
+        self.policy, self.critic = policy, critic
+
+    def _to_device(self, device: str) -> None:
+        for net in (self.policy, self.critic):
+            net.to(torch.device(device))
+
+    def _load(self, path: Path, env_name: str | None) -> None:
+        from core.checkpoints import check_env_dims, load_checkpoint
+
+        policy, critic, config = load_checkpoint(path, self.settings.device)
+        name = env_name or config.env
+        env = envs.make_env(name, seed=self.settings.seed)
+        try:
+            obs_dim, act_dim = self._env_dims(env)
+            check_env_dims(config, obs_dim, act_dim, name)
+        except Exception:
+            env.close()
+            raise
+        if self.env is not None:
+            self.env.close()
+        self.env = env
+        self.config = config
+        self.checkpoint_path = path.resolve()
+        self.settings = replace(self.settings, env_name=name)
+        self.policy, self.critic = policy, critic
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
