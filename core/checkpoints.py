@@ -1,0 +1,552 @@
+"""Checkpoints: a directory of safetensors weights and JSON, never pickle.
+
+Layout of a checkpoint directory::
+
+    config.json              CheckpointConfig: architecture, env, dims, data fingerprint,
+                             training steps, code version, and the sha256 of every file below
+    weights.safetensors      policy.*, critic.*, target_critic.*  (float32)
+    dataset_sample.safetensors  observations [N, O], actions [N, A]: a compact sample of the
+                             training data for nearest-neighbour queries
+    optimizer.safetensors    (optional) Adam state, so training can resume
+    train_log.csv, eval.json, eval.png   (optional) logs and evaluation results, not hashed
+
+Loading validates before it builds anything: a missing part, a file whose sha256 differs
+from the one recorded (truncated or tampered), a file that is not safetensors, a checkpoint
+for another env, or tensors whose shapes do not match the recorded architecture all raise
+``CheckpointError`` naming the problem. Pickle-based files (.pt, .pkl, ...) are refused by
+name and never opened, so nothing in them can run.
+
+Saving is atomic: everything is written to a temporary sibling directory, which is then
+renamed onto the final name; an existing checkpoint is moved aside first and deleted only
+after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.numpy import save_file as save_numpy_file
+from safetensors.torch import load_file as load_torch_file
+from safetensors.torch import save_file as save_torch_file
+
+from core import __version__
+from core.models import Critic, VelocityField
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+SAMPLE_FILE = "dataset_sample.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EVAL_FILE = "eval.json"
+REQUIRED_FILES = (WEIGHTS_FILE, SAMPLE_FILE)
+# Formats that unpickle on load: their presence is an error, and they are never opened.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npy")
+WEIGHT_GROUPS = ("policy", "critic", "target_critic")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, incomplete, tampered with, unsafe, or for something else."""
+
+
+@dataclass
+class CheckpointConfig:
+    """What a checkpoint is: enough to rebuild its networks and check they fit an env.
+
+    Attributes:
+        env: full singletask env name, e.g. ``cube-single-play-singletask-task2-v0``.
+        dataset: dataset name, e.g. ``cube-single-play-v0``.
+        task: task id within the env (``2`` for ``...-task2-v0``), or None.
+        obs_dim: O, size of one observation.
+        action_dim: size of one env action (5 for manipulation).
+        horizon: H, actions per chunk; the policy and Q see ``H * action_dim`` dims.
+        hidden: hidden widths of every MLP (policy, each Q head, V).
+        layer_norm, time_dim: architecture switches of ``core.models``.
+        q_ensemble: number of Q heads.
+        flow_steps: Euler steps T the policy was trained for.
+        training_steps: gradient steps taken.
+        data_fingerprint: sha256 of the training arrays (and of the file when known), sizes.
+        train: every training hyperparameter, as ``TrainConfig`` fields.
+        code_version: package version and git commit of the code that trained it.
+        wall_time_s: training wall time so far.
+        files: sha256 of every hashed file in the directory.
+        created: UTC time of saving.
+        format_version: layout version of the directory.
+    """
+
+    env: str
+    dataset: str
+    task: int | None
+    obs_dim: int
+    action_dim: int
+    horizon: int
+    hidden: list[int]
+    layer_norm: bool
+    time_dim: int
+    q_ensemble: int
+    flow_steps: int
+    training_steps: int
+    data_fingerprint: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    wall_time_s: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def chunk_dim(self) -> int:
+        """``H * action_dim``: the flat action the policy samples and Q takes."""
+        return self.horizon * self.action_dim
+
+    def build_policy(self) -> VelocityField:
+        return VelocityField(
+            self.obs_dim,
+            self.action_dim,
+            hidden=tuple(self.hidden),
+            horizon=self.horizon,
+            layer_norm=self.layer_norm,
+            time_dim=self.time_dim,
+        )
+
+    def build_critic(self) -> Critic:
+        return Critic(
+            self.obs_dim,
+            self.chunk_dim,
+            hidden=tuple(self.hidden),
+            ensemble=self.q_ensemble,
+            aggregate="min",
+            layer_norm=self.layer_norm,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointConfig:
+        names = {f.name for f in fields(cls)}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        missing = sorted(required - set(data))
+        if missing:
+            raise CheckpointError(f"{CONFIG_FILE} lacks required keys: {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class DatasetSample:
+    """A compact sample of the training data (for distance-to-data queries).
+
+    Attributes:
+        observations: ``[N, O]`` float32 states.
+        actions: ``[N, A]`` float32 dataset actions (one env action each).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+
+
+@dataclass
+class CheckpointState:
+    """Everything in a checkpoint's tensors, validated, for resuming training.
+
+    Attributes:
+        config: the checkpoint's config.
+        weights: ``{"policy": state_dict, "critic": ..., "target_critic": ...}``.
+        optimizer: flat tensors of the optimizer state (empty when none was saved).
+        optimizer_meta: the optimizer's JSON-able state (param groups, tensor key layout).
+    """
+
+    config: CheckpointConfig
+    weights: dict[str, dict[str, torch.Tensor]]
+    optimizer: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """Hex sha256 over named arrays (name, dtype, shape and bytes, in sorted name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.data)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """``<package version>+g<commit>`` (``+dirty`` with local changes) when git is there."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "core"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def _flatten(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {
+        f"{group}.{key}": t.detach().to("cpu", torch.float32).contiguous()
+        for group, sd in groups.items()
+        for key, t in sd.items()
+    }
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: CheckpointConfig,
+    policy: VelocityField,
+    critic: Critic,
+    target_critic: Critic,
+    sample: DatasetSample,
+    optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    extras: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (replacing one already at ``path``).
+
+    Args:
+        path: the checkpoint directory to create or replace.
+        config: its config; ``files``, ``created`` and ``code_version`` are filled in here.
+        policy, critic, target_critic: the networks (any device; stored as float32 on CPU).
+        sample: compact dataset sample stored next to the weights.
+        optimizer: optional ``(tensors, meta)`` from ``optimizer_to_tensors`` for resuming.
+        extras: optional unhashed files (name -> bytes), e.g. ``train_log.csv``, ``eval.json``.
+
+    Returns:
+        The checkpoint path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        weights = {
+            "policy": policy.state_dict(),
+            "critic": critic.state_dict(),
+            "target_critic": target_critic.state_dict(),
+        }
+        save_torch_file(_flatten(weights), str(tmp / WEIGHTS_FILE))
+        save_numpy_file(
+            {
+                "observations": np.ascontiguousarray(sample.observations, dtype=np.float32),
+                "actions": np.ascontiguousarray(sample.actions, dtype=np.float32),
+            },
+            str(tmp / SAMPLE_FILE),
+        )
+        hashed = [WEIGHTS_FILE, SAMPLE_FILE]
+        if optimizer is not None:
+            tensors, meta = optimizer
+            save_torch_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                str(tmp / OPTIMIZER_FILE),
+                metadata={"meta": json.dumps(meta)},
+            )
+            hashed.append(OPTIMIZER_FILE)
+        for name, data in (extras or {}).items():
+            if Path(name).name != name or name in (CONFIG_FILE, *hashed):
+                raise ValueError(f"extra file name {name!r} is not a plain, free file name")
+            (tmp / name).write_bytes(data)
+        config.files = {name: sha256_file(tmp / name) for name in hashed}
+        config.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        config.code_version = config.code_version or code_version()
+        (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path``; an old ``path`` is moved aside and removed after."""
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    if not path.is_dir() or not (path / CONFIG_FILE).exists():
+        raise CheckpointError(
+            f"refusing to replace {path}: it exists and is not a checkpoint directory"
+        )
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.rmdir(old)
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` through a temp file in the same directory and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into flat tensors and JSON-able metadata."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    """Inverse of ``optimizer_to_tensors``: a ``state_dict`` for ``Optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("state."):
+            continue  # other tensors saved alongside (e.g. RNG state) are not the optimizer's
+        idx, key = name[len("state.") :].split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _refuse_pickles(path: Path) -> None:
+    found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise CheckpointError(
+            f"{path} contains pickle-based file(s) {', '.join(found)}; they can run code when "
+            "loaded and are refused (checkpoints hold safetensors and JSON only)"
+        )
+
+
+def _check_safetensors(file: Path) -> None:
+    """Reject anything that is not a well-formed safetensors file, without unpickling."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{file.name} is not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER):
+            raise CheckpointError(
+                f"{file.name} is not a safetensors file (header length {n} for {size} bytes)"
+            )
+        header = f.read(n)
+    try:
+        meta = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file.name} is not a safetensors file (bad header: {e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file.name} is not a safetensors file (header is not a table)")
+
+
+def read_config(path: str | os.PathLike, verify: bool = True) -> CheckpointConfig:
+    """Read and validate a checkpoint's config, and (``verify``) every hashed file.
+
+    Raises:
+        CheckpointError: no such directory, pickle files present, config missing or
+            malformed, a required file missing, or a sha256 mismatch.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint directory at {path}")
+    _refuse_pickles(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path} is missing {CONFIG_FILE}")
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file} does not hold a JSON object")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_file}: format_version {data.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    try:
+        config = CheckpointConfig.from_dict(data)
+    except TypeError as e:
+        raise CheckpointError(f"{cfg_file} is malformed: {e}") from e
+    for name in REQUIRED_FILES:
+        if name not in config.files:
+            raise CheckpointError(f"{cfg_file} records no sha256 for required file {name}")
+    if verify:
+        for name, digest in config.files.items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"{path} is missing {name}")
+            actual = sha256_file(file)
+            if actual != digest:
+                raise CheckpointError(
+                    f"{name} in {path} does not match its recorded sha256 (truncated, modified "
+                    f"or replaced): expected {digest[:16]}..., found {actual[:16]}..."
+                )
+    return config
+
+
+def _group_weights(
+    flat: Mapping[str, torch.Tensor], config: CheckpointConfig
+) -> dict[str, dict[str, torch.Tensor]]:
+    expected = {
+        "policy": config.build_policy().state_dict(),
+        "critic": config.build_critic().state_dict(),
+    }
+    expected["target_critic"] = expected["critic"]
+    groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in WEIGHT_GROUPS}
+    for name, tensor in flat.items():
+        group, _, key = name.partition(".")
+        if group not in groups:
+            raise CheckpointError(f"{WEIGHTS_FILE} holds an unknown tensor {name!r}")
+        groups[group][key] = tensor
+    for group in WEIGHT_GROUPS:
+        want, got = expected[group], groups[group]
+        missing = sorted(set(want) - set(got))
+        if missing:
+            raise CheckpointError(f"{WEIGHTS_FILE} lacks {group} tensors: {', '.join(missing)}")
+        extra = sorted(set(got) - set(want))
+        if extra:
+            raise CheckpointError(f"{WEIGHTS_FILE} has unexpected {group} tensors: {extra}")
+        for key, t in want.items():
+            if tuple(got[key].shape) != tuple(t.shape):
+                raise CheckpointError(
+                    f"{WEIGHTS_FILE}: {group}.{key} has shape {list(got[key].shape)}, the "
+                    f"architecture in {CONFIG_FILE} needs {list(t.shape)}"
+                )
+    return groups
+
+
+def load_state(path: str | os.PathLike, expect_env: str | None = None) -> CheckpointState:
+    """Validate a checkpoint and return all its tensors on CPU (for resuming training)."""
+    path = Path(path)
+    config = read_config(path)
+    if expect_env is not None and config.env != expect_env:
+        raise CheckpointError(f"checkpoint {path} is for env {config.env!r}, not {expect_env!r}")
+    _check_safetensors(path / WEIGHTS_FILE)
+    try:
+        flat = load_torch_file(str(path / WEIGHTS_FILE))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{WEIGHTS_FILE} in {path} cannot be read: {e}") from e
+    weights = _group_weights(flat, config)
+    optimizer: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    if OPTIMIZER_FILE in config.files:
+        from safetensors import safe_open
+
+        _check_safetensors(path / OPTIMIZER_FILE)
+        try:
+            optimizer = load_torch_file(str(path / OPTIMIZER_FILE))
+            with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        except Exception as e:
+            raise CheckpointError(f"{OPTIMIZER_FILE} in {path} cannot be read: {e}") from e
+    return CheckpointState(config, weights, optimizer, meta)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expect_env: str | None = None,
+) -> tuple[VelocityField, Critic, CheckpointConfig]:
+    """Load a checkpoint for sampling: ``(policy, critic, config)``.
+
+    The parts plug straight into ``guided_sample(policy, critic, obs, ...)``: ``policy`` is
+    the velocity field ``(obs [B,O], a_t [B,H*A], t [B]) -> [B,H*A]`` and ``critic`` is the
+    TARGET critic aggregated by min over its heads, ``(obs [B,O], a [B,H*A]) -> [B]``, as the
+    reference evaluation guides with. Both are in eval mode with gradients off for their
+    parameters (guidance still differentiates Q with respect to actions).
+
+    Args:
+        path: checkpoint directory.
+        device: where to put the networks.
+        expect_env: if given, the env name the checkpoint must have been trained for.
+
+    Raises:
+        CheckpointError: anything wrong with the checkpoint (see the module docstring).
+    """
+    state = load_state(path, expect_env)
+    config = state.config
+    policy = config.build_policy()
+    critic = config.build_critic()
+    policy.load_state_dict(state.weights["policy"])
+    critic.load_state_dict(state.weights["target_critic"])
+    for net in (policy, critic):
+        net.to(device).eval().requires_grad_(False)
+    return policy, critic, config
+
+
+def load_dataset_sample(path: str | os.PathLike, verify: bool = True) -> DatasetSample:
+    """The compact dataset sample of a checkpoint (validated like the weights)."""
+    path = Path(path)
+    config = read_config(path, verify=verify)
+    file = path / SAMPLE_FILE
+    _check_safetensors(file)
+    try:
+        arrays = load_numpy_file(str(file))
+    except Exception as e:
+        raise CheckpointError(f"{SAMPLE_FILE} in {path} cannot be read: {e}") from e
+    obs, act = arrays.get("observations"), arrays.get("actions")
+    if obs is None or act is None:
+        raise CheckpointError(f"{SAMPLE_FILE} needs 'observations' and 'actions'")
+    if obs.ndim != 2 or obs.shape[1] != config.obs_dim:
+        raise CheckpointError(
+            f"{SAMPLE_FILE}: observations have shape {list(obs.shape)}, "
+            f"expected [N, {config.obs_dim}]"
+        )
+    if act.shape != (obs.shape[0], config.action_dim):
+        raise CheckpointError(
+            f"{SAMPLE_FILE}: actions have shape {list(act.shape)}, "
+            f"expected [{obs.shape[0]}, {config.action_dim}]"
+        )
+    return DatasetSample(obs, act)
+
+
+def check_env_dims(config: CheckpointConfig, obs_dim: int, action_dim: int, env: str) -> None:
+    """Raise ``CheckpointError`` when an env's spaces do not fit the checkpoint."""
+    if (obs_dim, action_dim) != (config.obs_dim, config.action_dim):
+        raise CheckpointError(
+            f"env {env} has obs/action dims ({obs_dim}, {action_dim}); the checkpoint was "
+            f"trained with ({config.obs_dim}, {config.action_dim})"
+        )

@@ -1,0 +1,66 @@
+"""`qgf eval`: success rate and return per guidance weight and estimator, with 95% CIs."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "success rate and return per guidance weight and estimator (95% CIs), JSON + PNG"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.add_argument("--weights", type=_floats, default=[0.0, 0.01, 0.03, 0.1])
+    parser.add_argument("--estimators", type=_names, default=["qgf"], help="comma-separated")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per (weight, est.)")
+    parser.add_argument("--envs", type=int, default=25, help="envs stepped together")
+    parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
+    parser.add_argument("--out", help="where eval.json and eval.png go (default: CHECKPOINT)")
+    parser.add_argument("--env", help="evaluate on another env of the same dims")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="shorter episodes")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from core.checkpoints import load_checkpoint
+    from core.evaluation import evaluate, write_result
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy, critic, config = load_checkpoint(args.checkpoint, args.device)
+    result = evaluate(
+        policy,
+        critic,
+        config,
+        weights=args.weights,
+        estimators=args.estimators,
+        episodes=args.episodes,
+        num_envs=args.envs,
+        seed=args.seed,
+        device=args.device,
+        env=args.env,
+        progress=not args.no_progress,
+        max_episode_steps=args.max_episode_steps,
+    )
+    result.checkpoint = str(args.checkpoint)
+    json_path, png_path = write_result(result, args.out or args.checkpoint)
+    print(f"{'estimator':<14}{'weight':>8}{'success':>10}{'95% CI':>16}{'return':>10}")
+    for p in result.points:
+        lo, hi = p.success_ci
+        print(
+            f"{p.estimator:<14}{p.weight:>8g}{100 * p.success_rate:>9.0f}%"
+            f"{f'[{100 * lo:.0f}, {100 * hi:.0f}]':>16}{p.return_mean:>10.1f}"
+        )
+    print(f"wrote {json_path} and {png_path} ({result.wall_time_s:.0f} s)")
+    return 0
