@@ -1,0 +1,253 @@
+"""``qgf record``: rollout videos, one tiled panel per (weight, estimator), without a display.
+
+Example::
+
+    qgf record checkpoints/cube-single-play-singletask-task2-v0 \\
+        --weights 0,0.02,0.08 --estimators qgf --episodes 2 --seed 0 --out video.mp4
+
+Every option, the output path and the checkpoint are checked before any env is made or frame
+rendered; a mistake ends the command with a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "record rollout videos without a display: one tiled panel per (weight, estimator)"
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
+DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
+# Untrained networks for --random-weights: small, the video is about the pipeline, not skill.
+_RANDOM_HIDDEN = (256, 256, 256, 256)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help=f"checkpoint directory, or the name of one in {CHECKPOINT_ROOT} "
+        f"(default: {DEFAULT_ENV})",
+    )
+    parser.add_argument(
+        "--out", default="record.mp4", help="output .mp4 or .gif (default %(default)s)"
+    )
+    parser.add_argument(
+        "--weights", default="0,0.03", help="comma-separated guidance weights (default %(default)s)"
+    )
+    parser.add_argument(
+        "--estimators", default="qgf", help="comma-separated estimators (default %(default)s)"
+    )
+    parser.add_argument("--episodes", type=int, default=1, help="episodes (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="episode e starts from seed + e, as the viewer does"
+    )
+    parser.add_argument("--steps", type=int, help="Euler steps T (default: the checkpoint's)")
+    parser.add_argument(
+        "--candidates", type=int, default=8, help="candidates N per step (default %(default)s)"
+    )
+    parser.add_argument(
+        "--best-of",
+        action="store_true",
+        help="execute the candidate of highest Q (default: candidate 0, a single-sample policy)",
+    )
+    parser.add_argument("--max-steps", type=int, help="env steps per episode at most")
+    parser.add_argument(
+        "--size", default="320x240", help="one panel's scene, WIDTHxHEIGHT (default %(default)s)"
+    )
+    parser.add_argument("--fps", type=float, default=20.0, help="frame rate (default %(default)s)")
+    parser.add_argument(
+        "--camera",
+        default="front",
+        help="camera preset: front, side, top, follow (default %(default)s)",
+    )
+    parser.add_argument(
+        "--layers",
+        default="all",
+        help="overlay layers, comma-separated: denoise, final, executed, ghost, gripper, "
+        "off_manifold; or all, none (default %(default)s)",
+    )
+    parser.add_argument(
+        "--quality",
+        choices=("fast", "auto"),
+        default="fast",
+        help="fast: no anti-aliasing or shadows; auto: MuJoCo's quality where GL is a GPU",
+    )
+    parser.add_argument("--no-caption", action="store_true", help="no caption strip under panels")
+    parser.add_argument("--cols", type=int, help="panels per row (default: one per weight)")
+    parser.add_argument(
+        "--hold", type=float, default=1.0, help="seconds each episode's end is held (default 1)"
+    )
+    parser.add_argument("--crf", type=int, default=20, help="x264 quality, 0..51, lower is better")
+    parser.add_argument("--preset", default="veryfast", help="x264 speed preset")
+    parser.add_argument("--env", help="env/task name (default: the checkpoint's)")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="untrained networks for --env instead of a checkpoint (to try the pipeline)",
+    )
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the software renderer needs the other cores, and "
+        "small-batch sampling gains little from more)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{what}: need at least one value")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must be WIDTHxHEIGHT, e.g. 320x240, got {text!r}") from None
+    return width, height
+
+
+def _checkpoint_path(arg: str | None) -> Path:
+    path = Path(arg) if arg else CHECKPOINT_ROOT / DEFAULT_ENV
+    if not path.exists() and arg and (CHECKPOINT_ROOT / arg).exists():
+        path = CHECKPOINT_ROOT / arg
+    if not path.exists():
+        hint = "" if arg else " (no shipped default; pass a checkpoint or --random-weights)"
+        raise ValueError(f"checkpoint {str(path)!r} not found{hint}")
+    return path
+
+
+def _settings(args: argparse.Namespace, flow_steps: int):
+    from core.recording import RecordSettings, parse_layers
+
+    width, height = _size(args.size)
+    settings = RecordSettings(
+        weights=_floats(args.weights, "--weights"),
+        estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
+        episodes=args.episodes,
+        seed=args.seed,
+        steps=args.steps or flow_steps,
+        candidates=args.candidates,
+        best_of=args.best_of,
+        max_steps=args.max_steps,
+        width=width,
+        height=height,
+        fps=args.fps,
+        camera=args.camera,
+        layers=parse_layers(args.layers),
+        quality=args.quality,
+        caption=not args.no_caption,
+        cols=args.cols,
+        hold_s=args.hold,
+        crf=args.crf,
+        preset=args.preset,
+    )
+    settings.check()
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.video import VideoWriter, check_output_path
+
+    def fail(message: str) -> int:
+        print(f"qgf record: error: {message}", file=sys.stderr)
+        return 2
+
+    # The cheap checks first, before torch and MuJoCo are even imported.
+    try:
+        check_output_path(args.out)
+        _size(args.size)
+        _floats(args.weights, "--weights")
+    except ValueError as err:
+        return fail(str(err))
+
+    import warnings
+
+    import torch
+
+    from core.checkpoints import CheckpointError, load_checkpoint
+    from core.envs import parse_name
+    from core.recording import Recording, env_label
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads < 1:
+        return fail(f"--threads must be >= 1, got {args.threads}")
+    # Everything that can be wrong is found here, before the first env or frame.
+    try:
+        if args.random_weights:
+            env_name = args.env or DEFAULT_ENV
+            parse_name(env_name)
+            policy = critic = None
+            flow_steps = 10
+        else:
+            path = _checkpoint_path(args.checkpoint)
+            policy, critic, config = load_checkpoint(path, device, expect_env=args.env)
+            env_name, flow_steps = config.env, config.flow_steps
+        settings = _settings(args, flow_steps)
+        video = VideoWriter(args.out, settings.fps, crf=settings.crf, preset=settings.preset)
+    except (ValueError, CheckpointError) as err:
+        return fail(str(err))
+
+    # gymnasium warns about OGBench's float64 action bounds on every env made: noise here.
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+    torch.set_num_threads(args.threads)
+    label = env_label(env_name)
+    if policy is None:
+        policy, critic = _random_networks(env_name, device, args.seed)
+        label += ", random weights"
+    try:
+        # The command holds the writer itself, to say where an interrupted recording went.
+        with Recording(policy, critic, env_name, settings, device, label=label) as recording:
+            result = recording.run(video, progress=not args.quiet)
+    except KeyboardInterrupt:
+        kept = video.kept
+        print(
+            "qgf record: interrupted; "
+            + (f"the frames so far are in {kept}" if kept else "nothing was kept"),
+            file=sys.stderr,
+        )
+        return 130
+    if not args.quiet:
+        _summary(result)
+    return 0
+
+
+def _random_networks(env_name: str, device: str, seed: int):
+    import torch
+
+    from core.envs import make_env
+    from core.models import Critic, VelocityField
+
+    env = make_env(env_name)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    torch.manual_seed(seed)
+    policy = VelocityField(obs_dim, action_dim, hidden=_RANDOM_HIDDEN)
+    critic = Critic(obs_dim, action_dim, hidden=_RANDOM_HIDDEN)
+    for net in (policy, critic):
+        net.to(device).eval().requires_grad_(False)
+    return policy, critic
+
+
+def _summary(result) -> None:
+    print(
+        f"{result.path}: {result.frames} frames of {result.size[0]}x{result.size[1]} in "
+        f"{result.wall_s:.1f} s ({result.fps:.1f} frames/s)"
+    )
+    print(f"  {'estimator':<14}{'weight':>8}{'episode':>9}{'steps':>7}{'success':>9}{'return':>9}")
+    for e in result.episodes:
+        print(
+            f"  {e.panel.estimator:<14}{e.panel.weight:>8g}{e.episode:>9}{e.steps:>7}"
+            f"{'yes' if e.success else 'no':>9}{e.ret:>9.1f}"
+        )

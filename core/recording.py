@@ -1,0 +1,686 @@
+"""Headless rollout videos: one panel per (weight, estimator), all from the same start and noise.
+
+``record`` runs one episode per panel at a time, side by side, and writes a tiled video::
+
+    +-------------------+-------------------+
+    | qgf  w = 0        | qgf  w = 0.02     |     panel = scene render with the step's
+    |   (scene render)  |   (scene render)  |     overlays (core.render, the viewer's own
+    |-------------------|-------------------|     drawing) + caption strip
+    | caption strip     | caption strip     |
+    +-------------------+-------------------+
+
+Fair comparison is the point, so every panel of an episode
+
+- starts from the same state: each panel has its own env, reset with the same seed (which
+  fixes OGBench's task and start state), and the starts are checked to be identical;
+- denoises from the same noise: at env step ``k`` of episode ``e`` every panel draws its
+  initial noise ``a_0 [N, A]`` from one generator seeded by ``(seed, e, k)``;
+
+so panels differ only through the weight and estimator (and the states those lead to). Two
+panels with the same settings give identical pixels.
+
+Frames: frame ``k`` of an episode shows state ``s_k`` with the candidates sampled there (for
+chunked policies the chunk sampled at its first step stays drawn while it executes). A panel
+whose episode has ended (success, the env's time limit or ``max_steps``) holds its final state,
+framed green (success) or amber (ended without success). An episode has ``L + 1`` frames,
+``L`` the longest panel episode, then ``hold_s`` seconds of its final frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.envs import (
+    action_to_ee_targets,
+    effector_state,
+    make_env,
+    parse_name,
+    reset,
+)
+from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
+from core.render import (
+    CAMERA_PRESETS,
+    Overlay,
+    OverlayLayers,
+    RenderSettings,
+    SceneRenderer,
+)
+from core.video import (
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    DONE_COLOR,
+    SUCCESS_COLOR,
+    CaptionFields,
+    VideoWriter,
+    caption_height,
+    caption_strip,
+    draw_border,
+    tile,
+)
+
+OffManifoldFn = Callable[[Tensor, Tensor], Tensor]
+"""``(obs [B, O], actions [B, A]) -> [B]`` bool, e.g. ``DataManifold.off_manifold``."""
+
+LAYER_NAMES = tuple(f.name for f in fields(OverlayLayers))
+_BORDER = 3
+# OGBench envs come with a time limit; this only bounds an env registered without one.
+_FALLBACK_MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One tile of the grid: a guidance weight and an estimator."""
+
+    weight: float
+    estimator: str
+
+
+@dataclass
+class RecordSettings:
+    """What to record and how.
+
+    Attributes:
+        weights, estimators: the grid; one panel per (weight, estimator), estimator-major
+            (with ``cols = len(weights)`` each row is one estimator).
+        episodes: episodes recorded one after another.
+        seed: episode ``e`` starts from ``reset(seed + e)`` and draws noise from ``(seed, e, k)``.
+        steps: Euler steps T of the sampler.
+        candidates: N candidates sampled (and drawn) per step.
+        best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0, which
+            is what a single-sample policy with this seed does (the viewer's convention).
+        max_steps: cap on env steps per episode (None: the env's own time limit).
+        width, height: size of one panel's scene render in pixels.
+        fps: playback frame rate.
+        camera: camera preset (``core.render.CAMERA_PRESETS``).
+        layers: overlay layers drawn.
+        quality: ``"fast"`` (no anti-aliasing or shadows) or ``"auto"`` (MuJoCo's quality on a
+            GPU, fast on software GL).
+        caption: draw the caption strip under each panel.
+        cols: panels per row (default ``len(weights)``).
+        hold_s: seconds the final frame of each episode is held.
+        crf, preset: x264 encoding (MP4 only).
+    """
+
+    weights: Sequence[float]
+    estimators: Sequence[str] = ("qgf",)
+    episodes: int = 1
+    seed: int = 0
+    steps: int = 10
+    candidates: int = 8
+    best_of: bool = False
+    max_steps: int | None = None
+    width: int = 320
+    height: int = 240
+    fps: float = 20.0
+    camera: str = "front"
+    layers: OverlayLayers = field(default_factory=OverlayLayers)
+    quality: str = "fast"
+    caption: bool = True
+    cols: int | None = None
+    hold_s: float = 1.0
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting (nothing is built)."""
+        if not self.weights:
+            raise ValueError("need at least one weight")
+        for w in self.weights:
+            if not np.isfinite(w):
+                raise ValueError(f"weights must be finite, got {w}")
+        if not self.estimators:
+            raise ValueError("need at least one estimator")
+        for name in self.estimators:
+            if name not in ESTIMATORS:
+                raise ValueError(
+                    f"unknown estimator {name!r}; registered: {', '.join(sorted(ESTIMATORS))}"
+                )
+        for name in ("episodes", "steps", "candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
+            raise ValueError(f"panel size must be 16..4096 pixels, got {self.width}x{self.height}")
+        if self.camera not in CAMERA_PRESETS:
+            raise ValueError(
+                f"unknown camera {self.camera!r}; choose from {', '.join(CAMERA_PRESETS)}"
+            )
+        if self.quality not in ("fast", "auto"):
+            raise ValueError(f"quality must be 'fast' or 'auto', got {self.quality!r}")
+        if self.cols is not None and self.cols < 1:
+            raise ValueError(f"cols must be >= 1, got {self.cols}")
+        if self.hold_s < 0:
+            raise ValueError(f"hold_s must be >= 0, got {self.hold_s}")
+
+    @property
+    def panels(self) -> list[Panel]:
+        return [Panel(float(w), e) for e in self.estimators for w in self.weights]
+
+    @property
+    def grid_cols(self) -> int:
+        return self.cols or len(self.weights)
+
+
+def parse_layers(spec: str) -> OverlayLayers:
+    """``"denoise,executed"`` -> only those layers; ``"all"`` or ``"none"``.
+
+    Raises:
+        ValueError: an unknown layer name (the message lists the valid ones).
+    """
+    spec = spec.strip()
+    if spec == "all":
+        return OverlayLayers()
+    chosen = set() if spec == "none" else {s.strip() for s in spec.split(",") if s.strip()}
+    unknown = sorted(chosen - set(LAYER_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown overlay layer(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(LAYER_NAMES)} (or all, none)"
+        )
+    return OverlayLayers(**{name: name in chosen for name in LAYER_NAMES})
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """Seed of the denoising noise at env step ``step`` of an episode started from ``seed``.
+
+    The viewer's convention, so that ``qgf record --seed S`` draws the noise the viewer
+    draws with seed S (episode ``e`` of a recording is the viewer's seed ``S + e``).
+    """
+    return (int(seed) * 1_000_003 + int(step)) % (2**63)
+
+
+def step_noise(seed: int, step: int, candidates: int, action_dim: int) -> Tensor:
+    """``[candidates, A]`` float32 initial noise a_0 at env step ``step``, on the CPU."""
+    generator = torch.Generator().manual_seed(noise_seed(seed, step))
+    return torch.randn(candidates, action_dim, generator=generator)
+
+
+def env_label(env_name: str) -> str:
+    """Caption name: ``cube-single-play-singletask-task2-v0`` -> ``cube-single task2``."""
+    parsed = parse_name(env_name)
+    return parsed.family + (f" task{parsed.task_id}" if parsed.task_id else "")
+
+
+def overlay_from_trace(
+    env,
+    trace: DenoiseTrace,
+    row: int,
+    executed: int,
+    ghost: DenoiseTrace | None = None,
+    off_manifold: Tensor | None = None,
+) -> Overlay:
+    """The overlay of one row of a sampling call, in world coordinates, as the viewer draws it.
+
+    Every candidate's action (a chunk of ``H`` env actions) is mapped to end-effector targets
+    with the env's own scaling and workspace clip, starting from the effector's current pose.
+
+    Args:
+        env: the row's env, in the state the row was sampled at.
+        trace: a ``guided_sample`` trace on the CPU; ``a_hat [T, B*, H*5]``.
+        row: which row ``b`` of the trace (its candidates are ``b*N .. b*N + N - 1``).
+        executed: the executed candidate of the row, in 0..N-1.
+        ghost: the unguided (w = 0, same noise) trace of the same rows, or None.
+        off_manifold: ``[B*]`` bool flags of the trace's candidates, or None.
+    """
+    n = trace.best_of
+    rows = slice(row * n, (row + 1) * n)
+    a_hat = trace.a_hat[:, rows].numpy()
+    steps = a_hat.shape[0]
+    parts = [a_hat.reshape(steps * n, -1, 5), trace.final[rows].numpy().reshape(n, -1, 5)]
+    if ghost is not None:
+        parts.append(ghost.final[rows].numpy().reshape(n, -1, 5))
+    # One call for every path: they all start from the same effector pose.
+    targets = action_to_ee_targets(env, np.concatenate(parts))
+    xyz = targets.xyz
+    return Overlay(
+        origin=effector_state(env)[0],
+        denoise=xyz[: steps * n].reshape(steps, n, -1, 3),
+        final=xyz[steps * n : steps * n + n],
+        executed=executed,
+        ghost=xyz[steps * n + n :] if ghost is not None else None,
+        gripper=targets.gripper[steps * n + executed],
+        off_manifold=None if off_manifold is None else off_manifold[rows].numpy(),
+        nonfinite=trace.nonfinite[rows].numpy(),
+    )
+
+
+@dataclass
+class PanelEpisode:
+    """How one panel's episode went.
+
+    Attributes:
+        panel: its weight and estimator.
+        episode: episode index.
+        steps: env steps taken.
+        success: the env reported success.
+        ret: undiscounted return.
+        q: ``[steps]`` Q of the executed action (chunk) at each step.
+    """
+
+    panel: Panel
+    episode: int
+    steps: int
+    success: bool
+    ret: float
+    q: list[float]
+
+
+@dataclass
+class RecordResult:
+    """What ``record`` wrote.
+
+    Attributes:
+        path: the video file.
+        frames: frames written.
+        size: ``(width, height)`` of the video.
+        episodes: one ``PanelEpisode`` per panel per episode, episode-major.
+        wall_s: seconds from the first env reset to the closed file.
+        seconds: time per part (``policy``, ``env``, ``overlay``, ``render``, ``caption``,
+            ``encode``), summed over the recording.
+    """
+
+    path: Path
+    frames: int
+    size: tuple[int, int]
+    episodes: list[PanelEpisode]
+    wall_s: float
+    seconds: dict[str, float]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _Clock:
+    """Seconds spent per part of the loop."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - self._t
+        self._t = now
+
+
+@dataclass
+class _PanelRun:
+    """One panel's live state during an episode."""
+
+    panel: Panel
+    env: Any
+    renderer: SceneRenderer
+    shown: mujoco.MjData  # the state frame k shows, copied before the env steps on
+    image: np.ndarray  # [height + caption, width, 3]: the panel as last drawn
+    obs: np.ndarray | None = None
+    done: bool = False
+    success: bool = False
+    final_drawn: bool = False
+    step: int = 0
+    ret: float = 0.0
+    q: float | None = None
+    qs: list[float] = field(default_factory=list)
+    chunk: np.ndarray | None = None  # [H, 5] the executing chunk
+    overlay: Overlay | None = None
+
+
+@dataclass
+class _Sampled:
+    """One estimator's sampler call for some of the panels sampled together.
+
+    ``idx`` are positions in the list of panels sampled; row ``j`` of the traces is panel
+    ``idx[j]``. Everything is on the CPU.
+    """
+
+    idx: list[int]
+    trace: DenoiseTrace
+    ghost: DenoiseTrace | None
+    off_manifold: Tensor | None
+
+
+class Recording:
+    """The panels' envs and renderers, reusable for several ``run`` calls (benchmarks do).
+
+    Create, use and close it on one thread: the renderers' GL contexts belong to it. The
+    sampler runs on a worker thread, one step ahead: while frame ``k`` is rendered, the
+    candidates of step ``k + 1`` are sampled (each panel's shown state is a copy, so the env
+    can step on). Rendering is geometry-bound on one core of software GL, so this hides most
+    of the policy's cost.
+
+    Args:
+        policy: velocity field ``(obs [B,O], a_t [B,A], t [B]) -> [B,A]`` with ``.action_dim``.
+        critic: aggregated Q ``(obs [B,O], a [B,A]) -> [B]``.
+        env_name: dataset-style OGBench name, e.g. ``cube-single-play-singletask-task2-v0``.
+        settings: what to record (checked here, before any env is made).
+        device: where the networks run; observations are moved there.
+        off_manifold: optional flagger for the off-manifold overlay layer.
+        label: the env text of captions (default: ``env_label(env_name)``).
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        critic: Callable[[Tensor, Tensor], Tensor],
+        env_name: str,
+        settings: RecordSettings,
+        device: torch.device | str = "cpu",
+        off_manifold: OffManifoldFn | None = None,
+        label: str | None = None,
+    ) -> None:
+        settings.check()
+        self.policy, self.critic = policy, critic
+        self.settings = settings
+        self.device = torch.device(device)
+        self.off_manifold = off_manifold
+        self.env_name = env_name
+        self.label = label or env_label(env_name)
+        self.action_dim = int(policy.action_dim)
+        self.runs: list[_PanelRun] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qgf-sampler")
+        self.sampler_s = 0.0  # sampler compute time on the worker thread
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        s = self.settings
+        strip = caption_height(s.width) if s.caption else 0
+        for panel in s.panels:
+            env = make_env(self.env_name)
+            reset(env, s.seed)
+            obs_dim = env.observation_space.shape[0]
+            env_action_dim = env.action_space.shape[0]
+            policy_obs = getattr(self.policy, "obs_dim", obs_dim)
+            if obs_dim != policy_obs or self.action_dim % env_action_dim:
+                raise ValueError(
+                    f"{self.env_name} has obs/action dims ({obs_dim}, {env_action_dim}); the "
+                    f"policy takes obs {policy_obs} and actions {self.action_dim}"
+                )
+            u = env.unwrapped
+            renderer = SceneRenderer(u._model, RenderSettings(s.width, s.height))
+            if s.quality == "auto" and not renderer.software_gl:
+                renderer.configure(RenderSettings.for_gl(False, s.width, s.height))
+            renderer.set_preset(s.camera, u._data)
+            image = np.zeros((s.height + strip, s.width, 3), np.uint8)
+            self.runs.append(_PanelRun(panel, env, renderer, mujoco.MjData(u._model), image))
+        first = self.runs[0].env
+        self.horizon = self.action_dim // first.action_space.shape[0]
+        limit = getattr(first.spec, "max_episode_steps", None)
+        caps = [x for x in (s.max_steps, limit) if x]
+        self.max_steps = min(caps) if caps else _FALLBACK_MAX_STEPS
+        self._tiled: np.ndarray | None = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for run in self.runs:
+            run.renderer.close()
+            run.env.close()
+        self.runs = []
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sampling
+
+    def _submit(self, runs: list[_PanelRun], episode: int, step: int) -> Future[list[_Sampled]]:
+        """Start sampling the candidates of ``runs`` at their current states."""
+        obs = np.stack([r.obs for r in runs])
+        panels = [r.panel for r in runs]
+        return self._pool.submit(self._sample, obs, panels, episode, step)
+
+    def _sample(
+        self, obs_np: np.ndarray, panels: list[Panel], episode: int, step: int
+    ) -> list[_Sampled]:
+        """Worker thread: one sampler call per estimator, every row from the same noise."""
+        start = time.perf_counter()
+        s = self.settings
+        noise = step_noise(s.seed + episode, step, s.candidates, self.action_dim)
+        obs = torch.as_tensor(obs_np, dtype=torch.float32, device=self.device)
+        ghost = None
+        if s.layers.ghost:
+            ghost = guided_sample(
+                self.policy, self.critic, obs, "none", 0.0, s.steps,
+                noise=noise.repeat(len(panels), 1), best_of=s.candidates,
+            ).to("cpu")  # fmt: skip
+        out = []
+        for estimator in dict.fromkeys(p.estimator for p in panels):
+            idx = [i for i, p in enumerate(panels) if p.estimator == estimator]
+            weights = torch.tensor([panels[i].weight for i in idx], dtype=torch.float32)
+            trace = guided_sample(
+                self.policy, self.critic, obs[idx], estimator, weights.to(self.device), s.steps,
+                noise=noise.repeat(len(idx), 1), best_of=s.candidates,
+            )  # fmt: skip
+            flags = None
+            if s.layers.off_manifold and self.off_manifold is not None:
+                obs_n = obs[idx].repeat_interleave(s.candidates, 0)
+                flags = self.off_manifold(obs_n, trace.final).to("cpu")
+            sub_ghost = None if ghost is None else _rows(ghost, idx)
+            out.append(_Sampled(idx, trace.to("cpu"), sub_ghost, flags))
+        self.sampler_s += time.perf_counter() - start
+        return out
+
+    def _apply(self, runs: list[_PanelRun], sampled: list[_Sampled]) -> None:
+        """Main thread: take the new chunks and build the overlays at the current states."""
+        n = self.settings.candidates
+        for part in sampled:
+            final = part.trace.final.numpy()
+            q_final = part.trace.q_final.numpy()
+            for j, i in enumerate(part.idx):
+                run = runs[i]
+                executed = int(part.trace.chosen[j]) if self.settings.best_of else 0
+                run.chunk = final[j * n + executed].reshape(self.horizon, -1)
+                run.q = float(q_final[j * n + executed])
+                run.overlay = overlay_from_trace(
+                    run.env, part.trace, j, executed, part.ghost, part.off_manifold
+                )
+
+    # ------------------------------------------------------------------ one episode
+
+    def _reset(self, episode: int) -> None:
+        seed = self.settings.seed + episode
+        first = None
+        for run in self.runs:
+            obs, _ = reset(run.env, seed)
+            if first is None:
+                first = obs
+            elif not np.array_equal(obs, first):
+                raise RuntimeError(
+                    f"panels' envs reset with seed {seed} gave different start states; "
+                    "the comparison would not be fair"
+                )
+            run.obs, run.done, run.success, run.final_drawn = obs, False, False, False
+            run.step, run.ret, run.q, run.qs = 0, 0.0, None, []
+            run.chunk = run.overlay = None
+            if self.settings.camera == "follow":
+                run.renderer.set_preset("follow", run.env.unwrapped._data)
+
+    def _draw(
+        self,
+        run: _PanelRun,
+        data: mujoco.MjData,
+        overlay: Overlay | None,
+        step: int,
+        final: bool,
+        episode: int,
+        clock: _Clock,
+    ) -> None:
+        """Render ``data`` into ``run.image`` with the overlay and caption; ``final`` marks the
+        episode's last state (border, SUCCESS/DONE)."""
+        s = self.settings
+        scene = run.image[: s.height]
+        run.renderer.render(data, overlay, s.layers, out=scene)
+        if final:
+            draw_border(scene, SUCCESS_COLOR if run.success else DONE_COLOR, _BORDER)
+        clock.lap("render")
+        if s.caption:
+            caption = CaptionFields(
+                env=self.label,
+                estimator=run.panel.estimator,
+                weight=run.panel.weight,
+                step=step,
+                q=run.q,
+                success=final and run.success,
+                done=final,
+                episode=episode if s.episodes > 1 else None,
+            )
+            run.image[s.height :] = caption_strip(caption, s.width)
+            clock.lap("caption")
+
+    def run_episode(
+        self, video: VideoWriter, episode: int, clock: _Clock, progress: Any = None
+    ) -> list[PanelEpisode]:
+        """Record one episode of every panel into ``video``.
+
+        Iteration ``k``: take the candidates sampled at ``s_k``, copy each state for display,
+        step every env to ``s_{k+1}`` and start sampling there, then draw and write frame ``k``
+        while the sampler works.
+        """
+        s = self.settings
+        self._reset(episode)
+        clock.lap("env")
+        pending = self._submit(self.runs, episode, 0)
+        k = 0
+        while True:
+            active = [r for r in self.runs if not r.done]
+            if active and k % self.horizon == 0:
+                sampled = pending.result()
+                clock.lap("policy")
+                self._apply(active, sampled)
+                clock.lap("overlay")
+            for run in active:
+                u = run.env.unwrapped
+                mujoco.mj_copyData(run.shown, u._model, u._data)
+                obs, reward, terminated, truncated, info = run.env.step(run.chunk[k % self.horizon])
+                run.obs = obs
+                run.step += 1
+                run.ret += float(reward)
+                run.qs.append(run.q)
+                run.success = bool(info.get("success", False))
+                run.done = bool(terminated or truncated or run.step >= self.max_steps)
+            still = [r for r in active if not r.done]
+            if still and (k + 1) % self.horizon == 0:
+                pending = self._submit(still, episode, k + 1)
+            clock.lap("env")
+            for run in self.runs:
+                if run in active:
+                    self._draw(run, run.shown, run.overlay, k, False, episode, clock)
+                elif not run.final_drawn:
+                    # The final state, without candidates: nothing more is sampled there.
+                    data = run.env.unwrapped._data
+                    self._draw(run, data, None, run.step, True, episode, clock)
+                    run.final_drawn = True
+            video.write(self._frame())
+            clock.lap("encode")
+            if not active:
+                break
+            if progress is not None:
+                progress.update(1)
+            k += 1
+        if progress is not None:
+            progress.update(self.max_steps - k)
+        frame = self._frame()
+        for _ in range(round(s.hold_s * s.fps)):
+            video.write(frame)
+        clock.lap("encode")
+        return [
+            PanelEpisode(r.panel, episode, r.step, r.success, r.ret, list(r.qs)) for r in self.runs
+        ]
+
+    def _frame(self) -> np.ndarray:
+        self._tiled = tile([r.image for r in self.runs], self.settings.grid_cols, out=self._tiled)
+        return self._tiled
+
+    def run(self, video: VideoWriter, progress: bool = True) -> RecordResult:
+        """Record every episode into ``video`` and close it (see ``record``)."""
+        from tqdm import tqdm
+
+        s = self.settings
+        start = time.perf_counter()
+        clock = _Clock()
+        bar = tqdm(
+            total=s.episodes * self.max_steps,
+            unit="step",
+            desc=f"recording {len(self.runs)} panels",
+            disable=not progress,
+            leave=False,
+        )
+        episodes: list[PanelEpisode] = []
+        with bar, video:
+            for e in range(s.episodes):
+                episodes += self.run_episode(video, e, clock, bar)
+        clock.lap("encode")
+        assert video.size is not None
+        return RecordResult(
+            video.path, video.frames, video.size, episodes, time.perf_counter() - start,
+            clock.seconds,
+        )  # fmt: skip
+
+
+def _rows(trace: DenoiseTrace, idx: list[int]) -> DenoiseTrace:
+    """The sub-trace of rows ``idx`` (with all their candidates)."""
+    n = trace.best_of
+    cand = torch.tensor([i * n + j for i in idx for j in range(n)], device=trace.a_t.device)
+    rows = torch.tensor(idx, device=trace.a_t.device)
+    return DenoiseTrace(
+        actions=trace.actions[rows],
+        a_t=trace.a_t[:, cand],
+        a_hat=trace.a_hat[:, cand],
+        grad=trace.grad[:, cand],
+        q_hat=trace.q_hat[:, cand],
+        q_final=trace.q_final[cand],
+        chosen=trace.chosen[rows],
+        nonfinite=trace.nonfinite[cand],
+        weight=trace.weight[cand],
+        estimator=trace.estimator,
+        steps=trace.steps,
+        best_of=n,
+        clip=trace.clip,
+    )
+
+
+def record(
+    policy: torch.nn.Module,
+    critic: Callable[[Tensor, Tensor], Tensor],
+    env_name: str,
+    out: str | Path,
+    settings: RecordSettings,
+    device: torch.device | str = "cpu",
+    off_manifold: OffManifoldFn | None = None,
+    progress: bool = True,
+) -> RecordResult:
+    """Record rollouts of every (weight, estimator) panel to a tiled video at ``out``.
+
+    The settings and the output path (extension, directory, permissions) are checked first, so
+    a mistake fails before any env is made or frame rendered. The file appears under ``out``
+    only when complete; an interrupted recording follows ``core.video``'s policy (the frames
+    so far kept as ``<stem>.partial<ext>``).
+
+    Returns:
+        A ``RecordResult``: file, frame count, size, per-panel episode outcomes, timings.
+    """
+    settings.check()
+    video = VideoWriter(out, settings.fps, crf=settings.crf, preset=settings.preset)
+    try:
+        recording = Recording(policy, critic, env_name, settings, device, off_manifold)
+    except BaseException:
+        video.abort()
+        raise
+    with recording:
+        return recording.run(video, progress)
