@@ -1,0 +1,566 @@
+"""Distance of candidate actions to the data the policy was trained on.
+
+Definition
+----------
+For a state ``s`` and a candidate action ``a`` (one env action, or a chunk of ``H`` env
+actions flattened to ``H * action_dim`` dims), the distance to the data is::
+
+    d(s, a) = min_{j in N_k(s)} ||a - a_j||_2 / sqrt(H)
+
+``N_k(s)`` are the ``k`` dataset rows whose states are nearest to ``s`` in standardised
+observation space, ``z = (s - mean) / std`` with the mean and std of the dataset sample
+(dims that are constant in the data get std 1: they shift every state distance equally and
+so never change which rows are nearest). ``a_j`` is the action, or action chunk, the data
+took at row ``j``. In words: how far, in action units, the candidate is from the closest
+thing the data did in similar states. Dividing by ``sqrt(H)`` makes a chunk's distance the
+root-mean-square distance per env action, so numbers read the same for any horizon.
+
+Two stages (states first, then actions) rather than one joint state-action metric, because
+the question a researcher asks is "did the data ever do this *here*", and a joint metric
+needs a state-vs-action exchange rate that has no natural value; a candidate far from the
+data in a familiar state is exactly what guidance produces when it over-steers.
+
+Chunks
+------
+With action chunking the candidate is a whole chunk, and the policy was trained on chunks of
+consecutive dataset actions, so that is what it is compared with: the reference row ``j``
+holds ``a_j .. a_{j+H-1}`` from one trajectory (rows whose chunk would cross a trajectory end
+are dropped), and its state is ``s_j``. Guidance that bends only the later actions of a
+chunk away from the data is therefore seen, which a first-action-only distance would miss.
+
+Threshold
+---------
+A candidate is off-manifold when ``d(s, a)`` exceeds the ``quantile`` (default 0.95) of the
+same distance for dataset pairs ``(s_i, a_i)`` held out of the reference set. Whole
+trajectories are held out (when trajectory ends are known): a held-out row's own neighbours
+in time are then not in the reference set, so the calibration measures the distance between
+*different* demonstrations in similar states, which is the situation of a policy visiting a
+state of its own. (Holding out single rows would leave the adjacent, nearly identical steps
+of the same trajectory in the reference and make the threshold far too strict.) The held-out
+rows are not used as reference afterwards, so the threshold describes exactly the quantity
+that queries compute.
+
+Speed: brute force in torch, not an index
+-----------------------------------------
+Measured on this project's 2-core CPU (torch 2.13, 2 threads, float32), reference set of
+100k rows with 28-dim states (a cube-single-sized sample), k = 32, one state per query as in
+the viewer (all candidates of a step share the state, and queries deduplicate states):
+
+=====================================  ============  =============
+query                                   torch brute   scipy cKDTree
+=====================================  ============  =============
+1 state, 64 candidates (viewer step)    ~1.6 ms       ~0.5-12 ms
+256 states x 6 estimators (diagnose)    ~95 ms        ~40-2000 ms
+build / fit                             ~0 (a copy)   ~60 ms
+=====================================  ============  =============
+
+(Exact numbers are in ``benchmarks/manifold_knn.py``'s output.) A k-d tree's query time
+depends on how clustered the data is: it wins on low-dimensional trajectory data and loses by
+an order of magnitude on 28 dims that fill space, while the matmul is the same cost for any
+data. At under 2 ms per viewer step the brute force is far inside the frame budget, it needs
+no new dependency, it runs on CUDA unchanged (where it is faster still), and it is exact.
+The state search is one ``[S, O] @ [O, N]`` matmul per chunk of queries plus ``topk``; the
+``|q|^2`` term is left out of the ranking score because it is the same for every row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.guidance import QFn, VelocityFn, guided_sample
+
+DEFAULT_K = 32
+DEFAULT_QUANTILE = 0.95
+# Query states are processed in blocks so the [S, N] score matrix stays near this size
+# (4M floats = 16 MB in float32), whatever the number of query states.
+_SCORE_ELEMENTS = 1 << 22
+
+
+ArrayLike = np.ndarray | Tensor
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` for an integer index of any shape, via ``index_select``.
+
+    Advanced indexing (``x[idx]``) and ``min(dim=...)`` open a parallel region even for a few
+    hundred elements; on a busy 2-core CPU each such op waited ~20 ms for a descheduled
+    worker thread (measured under load 8; ``index_select``, ``argmin`` and ``amin`` took
+    microseconds). Keeping the per-candidate arithmetic to ops of the second kind is what
+    keeps a query near 1 ms there.
+    """
+    return x.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *x.shape[1:])
+
+
+def _as_tensor(x: ArrayLike, dtype: torch.dtype | None = None) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    return t.to(dtype) if dtype is not None else t
+
+
+def episode_index(terminals: ArrayLike) -> np.ndarray:
+    """Trajectory index of every row from OGBench-style terminals.
+
+    Args:
+        terminals: ``[N]`` true at each trajectory's last row.
+
+    Returns:
+        ``[N]`` int64: 0 for the rows of the first trajectory, 1 for the next, ...
+    """
+    term = np.asarray(terminals).astype(bool)
+    ends_before = np.concatenate([[0], np.cumsum(term)[:-1]])
+    return ends_before.astype(np.int64)
+
+
+def chunk_actions(
+    actions: ArrayLike, episodes: ArrayLike, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks of ``horizon`` consecutive actions that stay inside one trajectory.
+
+    Args:
+        actions: ``[N, a]`` per-step actions, rows in time order within each trajectory.
+        episodes: ``[N]`` trajectory index of each row (``episode_index``).
+        horizon: chunk length ``H``.
+
+    Returns:
+        ``(chunks [M, H * a], rows [M])``: the flattened chunk ``a_j .. a_{j+H-1}`` for every
+        row ``j`` whose chunk lies in one trajectory, and those rows ``j``.
+    """
+    actions = np.asarray(actions)
+    episodes = np.asarray(episodes)
+    n = len(actions)
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    last = n - horizon
+    if last < 0:
+        return np.empty((0, horizon * actions.shape[1]), actions.dtype), np.empty(0, np.int64)
+    rows = np.arange(last + 1)
+    rows = rows[episodes[rows] == episodes[rows + horizon - 1]]
+    chunks = np.stack([actions[rows + h] for h in range(horizon)], axis=1)
+    return chunks.reshape(len(rows), -1), rows
+
+
+@dataclass
+class ManifoldQuery:
+    """Distance to the data of a batch of candidates.
+
+    Attributes:
+        distance: ``[B]`` d(s, a), see the module docstring.
+        nearest: ``[B]`` reference row whose action is closest (``manifold.actions[nearest]``).
+        state_distance: ``[B]`` standardised Euclidean distance from s to its nearest data
+            state; large values say the state itself is unlike the data, so the action
+            distance is measured against far-away behaviour.
+        off_manifold: ``[B]`` ``distance > threshold``.
+    """
+
+    distance: Tensor
+    nearest: Tensor
+    state_distance: Tensor
+    off_manifold: Tensor
+
+
+@dataclass
+class DataManifold:
+    """A reference set of (state, action-or-chunk) pairs with a calibrated threshold.
+
+    Build it with ``DataManifold.fit`` (arrays) or ``DataManifold.from_sample``.
+
+    Attributes:
+        states: ``[N, O]`` standardised reference states.
+        actions: ``[N, A]`` reference actions, ``A = horizon * action_dim``.
+        obs_mean, obs_std: ``[O]`` the standardisation.
+        horizon: env actions per chunk ``H``.
+        k: nearest states searched per query.
+        threshold: distances above it are off-manifold.
+        quantile: the quantile of ``calibration`` that set ``threshold``.
+        calibration: ``[M]`` distances of held-out dataset pairs (sorted ascending).
+        source_rows: ``[N]`` for each reference row, its row in the arrays given to ``fit``
+            (to look up anything else the dataset recorded there); -1 when unknown.
+        calibration_rows: ``[M]`` the rows of the held-out pairs, in the same sense.
+    """
+
+    states: Tensor
+    actions: Tensor
+    obs_mean: Tensor
+    obs_std: Tensor
+    horizon: int = 1
+    k: int = DEFAULT_K
+    threshold: float = math.inf
+    quantile: float = DEFAULT_QUANTILE
+    calibration: Tensor = field(default_factory=lambda: torch.empty(0))
+    source_rows: Tensor | None = None
+    calibration_rows: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    _keys_t: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.states.ndim != 2 or self.actions.ndim != 2:
+            raise ValueError("states must be [N, O] and actions [N, A]")
+        if self.states.shape[0] != self.actions.shape[0]:
+            raise ValueError(
+                f"states and actions differ in rows: {self.states.shape[0]} vs "
+                f"{self.actions.shape[0]}"
+            )
+        if self.states.shape[0] == 0:
+            raise ValueError("the reference set is empty")
+        if self.source_rows is None:
+            self.source_rows = torch.full((self.states.shape[0],), -1, dtype=torch.long)
+        if self.actions.shape[1] % self.horizon:
+            raise ValueError(
+                f"action width {self.actions.shape[1]} is not a multiple of horizon {self.horizon}"
+            )
+        # Ranking keys for one GEMM per query block: [-2z, 1] @ [x, |x|^2]^T = |x|^2 - 2 z.x,
+        # which orders rows as ||z - x||^2 does (|z|^2 is the same for every row). One matmul
+        # and no elementwise pass over [S, N] matters on a busy CPU, where each extra
+        # parallel op over N elements cost as much as the matmul itself.
+        sq = (self.states * self.states).sum(dim=1, keepdim=True)
+        self._keys_t = torch.cat([self.states, sq], dim=1).T.contiguous()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def fit(
+        cls,
+        observations: ArrayLike,
+        actions: ArrayLike,
+        terminals: ArrayLike | None = None,
+        *,
+        horizon: int = 1,
+        k: int = DEFAULT_K,
+        quantile: float = DEFAULT_QUANTILE,
+        holdout: float = 0.1,
+        max_calibration: int = 2048,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> DataManifold:
+        """Build the reference set from dataset rows and calibrate the threshold.
+
+        Args:
+            observations: ``[N, O]`` dataset states, rows in time order within trajectories.
+            actions: ``[N, a]`` the action taken at each state.
+            terminals: ``[N]`` true at each trajectory's last row. Needed for chunks
+                (``horizon > 1``); without it single rows are held out for calibration
+                (see the module docstring for why trajectories are better).
+            horizon: chunk length H of the policy's actions.
+            k: nearest states per query.
+            quantile: quantile of held-out distances that becomes the threshold.
+            holdout: fraction of trajectories (or rows) held out for calibration.
+            max_calibration: at most this many held-out pairs are queried.
+            seed: seed of the hold-out draw.
+            device, dtype: where and in what precision the reference set lives.
+        """
+        obs = np.asarray(_as_tensor(observations, torch.float64))
+        act = np.asarray(_as_tensor(actions, torch.float64))
+        if obs.ndim != 2 or act.ndim != 2 or len(obs) != len(act):
+            raise ValueError(
+                f"observations [N, O] and actions [N, a] with the same N expected, got "
+                f"{list(obs.shape)} and {list(act.shape)}"
+            )
+        if not 0.0 < quantile < 1.0 or not 0.0 < holdout < 1.0:
+            raise ValueError(f"quantile and holdout must lie in (0, 1): {quantile}, {holdout}")
+        episodes = None if terminals is None else episode_index(terminals)
+        rows = np.arange(len(obs))
+        if horizon > 1:
+            if episodes is None:
+                raise ValueError("action chunks (horizon > 1) need terminals to find trajectories")
+            act, rows = chunk_actions(act, episodes, horizon)
+            obs, episodes = obs[rows], episodes[rows]
+        if len(obs) < 2:
+            raise ValueError(f"need at least 2 usable rows, got {len(obs)}")
+
+        mean = obs.mean(axis=0)
+        std = obs.std(axis=0)
+        std = np.where(std > 1e-6, std, 1.0)
+
+        rng = np.random.default_rng(seed)
+        if episodes is not None and len(np.unique(episodes)) >= 2:
+            ids = np.unique(episodes)
+            n_out = min(len(ids) - 1, max(1, round(holdout * len(ids))))
+            held = np.isin(episodes, rng.choice(ids, size=n_out, replace=False))
+        else:
+            held = np.zeros(len(obs), dtype=bool)
+            n_out = min(len(obs) - 1, max(1, round(holdout * len(obs))))
+            held[rng.choice(len(obs), size=n_out, replace=False)] = True
+        queries = np.flatnonzero(held)
+        if len(queries) > max_calibration:
+            queries = np.sort(rng.choice(queries, size=max_calibration, replace=False))
+
+        def tensor(x: np.ndarray) -> Tensor:
+            return torch.as_tensor(x, dtype=dtype, device=device)
+
+        manifold = cls(
+            states=tensor((obs[~held] - mean) / std),
+            actions=tensor(act[~held]),
+            obs_mean=tensor(mean),
+            obs_std=tensor(std),
+            horizon=horizon,
+            k=k,
+            quantile=quantile,
+            source_rows=torch.as_tensor(rows[~held], device=device),
+            calibration_rows=torch.as_tensor(rows[queries], device=device),
+        )
+        manifold.calibrate(tensor(obs[queries]), tensor(act[queries]), quantile)
+        return manifold
+
+    def calibrate(self, obs: Tensor, actions: Tensor, quantile: float) -> float:
+        """Set ``threshold`` to the ``quantile`` of these pairs' distances.
+
+        Args:
+            obs: ``[M, O]`` states of pairs that are not in the reference set.
+            actions: ``[M, A]`` their actions (chunks).
+            quantile: in (0, 1).
+
+        Returns:
+            The new threshold.
+        """
+        dist = self.query(obs, actions).distance
+        self.calibration = dist.sort().values
+        self.quantile = quantile
+        self.threshold = float(torch.quantile(dist.double(), quantile))
+        return self.threshold
+
+    def to(self, device: torch.device | str) -> DataManifold:
+        """A copy on ``device`` (the threshold and calibration come along)."""
+        return DataManifold(
+            states=self.states.to(device),
+            actions=self.actions.to(device),
+            obs_mean=self.obs_mean.to(device),
+            obs_std=self.obs_std.to(device),
+            horizon=self.horizon,
+            k=self.k,
+            threshold=self.threshold,
+            quantile=self.quantile,
+            calibration=self.calibration.to(device),
+            source_rows=self.source_rows.to(device),
+            calibration_rows=self.calibration_rows.to(device),
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def device(self) -> torch.device:
+        return self.states.device
+
+    @property
+    def obs_dim(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        """Width ``A`` of the candidates this manifold measures (``H * action_dim``)."""
+        return self.actions.shape[1]
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def neighbours(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``k`` reference rows with the nearest states.
+
+        Args:
+            obs: ``[S, O]`` raw (unstandardised) states.
+
+        Returns:
+            ``(rows [S, k'], dist [S, k'])`` with ``k' = min(k, N)``, nearest first, and
+            their standardised Euclidean distances.
+        """
+        z = (obs.to(self.device, self.states.dtype) - self.obs_mean) / self.obs_std
+        k = min(self.k, len(self))
+        block = max(1, _SCORE_ELEMENTS // len(self))
+        rows, dists = [], []
+        probes = torch.cat([-2.0 * z, torch.ones_like(z[:, :1])], dim=1)
+        for start in range(0, z.shape[0], block):
+            score = probes[start : start + block] @ self._keys_t
+            idx = torch.topk(score, k, dim=1, largest=False, sorted=True).indices
+            # The expansion loses precision to cancellation (float32: ~1e-5 absolute), so
+            # the winners' distances are recomputed directly.
+            diff = z[start : start + block, None, :] - _take(self.states, idx)
+            rows.append(idx)
+            dists.append(torch.linalg.vector_norm(diff, dim=-1))
+        return torch.cat(rows), torch.cat(dists)
+
+    def query(self, obs: Tensor, actions: Tensor) -> ManifoldQuery:
+        """Distance to the data of each candidate.
+
+        Args:
+            obs: ``[B, O]`` the state of each candidate. Consecutive equal rows are searched
+                once, so the N candidates of one step cost one state search.
+            actions: ``[B, A]`` candidates, ``A = horizon * action_dim``.
+
+        Returns:
+            A ``ManifoldQuery`` on ``actions``' device, distances in ``actions``' dtype.
+        """
+        if obs.ndim != 2 or actions.ndim != 2 or obs.shape[0] != actions.shape[0]:
+            raise ValueError(
+                f"obs [B, O] and actions [B, A] expected, got {list(obs.shape)} and "
+                f"{list(actions.shape)}"
+            )
+        if obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs has {obs.shape[1]} dims, the data has {self.obs_dim}")
+        if actions.shape[1] != self.action_dim:
+            raise ValueError(
+                f"candidates have {actions.shape[1]} dims, the data's actions have "
+                f"{self.action_dim} (horizon {self.horizon})"
+            )
+        out_device, out_dtype = actions.device, actions.dtype
+        obs = obs.detach().to(self.device, self.states.dtype)
+        cand = actions.detach().to(self.device, self.actions.dtype)
+        # Runs of equal consecutive states are searched once: the sampler lays out a row's
+        # candidates together, and a viewer step's candidates all share one state.
+        # (torch.unique(dim=0) would find every repeat but costs ~1 ms per call on a CPU.)
+        starts = torch.ones(obs.shape[0], dtype=torch.bool, device=obs.device)
+        starts[1:] = (obs[1:] != obs[:-1]).any(dim=1)
+        inverse = torch.cumsum(starts, 0) - 1
+        rows, state_dist = self.neighbours(_take(obs, starts.nonzero().squeeze(1)))
+        rows = _take(rows, inverse)  # [B, k]
+        all_dist = torch.linalg.vector_norm(cand[:, None, :] - _take(self.actions, rows), dim=-1)
+        which = all_dist.argmin(dim=1, keepdim=True)
+        dist = all_dist.gather(1, which).squeeze(1) / math.sqrt(self.horizon)
+        nearest = rows.gather(1, which).squeeze(1)
+        state_dist = _take(state_dist.amin(dim=1), inverse)
+        return ManifoldQuery(
+            distance=dist.to(out_device, out_dtype),
+            nearest=nearest.to(out_device),
+            state_distance=state_dist.to(out_device, out_dtype),
+            off_manifold=(dist > self.threshold).to(out_device),
+        )
+
+    def distances(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """``[B]`` distance to the data of each candidate (see ``query``)."""
+        return self.query(obs, actions).distance
+
+    def off_manifold(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """``[B]`` bool: candidates farther from the data than ``threshold``."""
+        return self.query(obs, actions).off_manifold
+
+
+# ---------------------------------------------------------------------- weight sweep
+
+
+@dataclass
+class WeightSweep:
+    """Q and distance to the data as functions of the guidance weight, for one state.
+
+    Every weight starts from the same initial noise, so differences between rows are the
+    weight's doing alone.
+
+    Attributes:
+        weights: ``[W]`` guidance weights, as given.
+        actions: ``[W, C, A]`` final actions of the ``C`` candidates at each weight.
+        q: ``[W, C]`` Q of each final action.
+        distance: ``[W, C]`` distance to the data (NaN when no manifold was given).
+        off_manifold: ``[W, C]`` distance above the threshold (all False without manifold).
+        nonfinite: ``[W, C]`` the sampler flagged a NaN/inf gradient or iterate.
+        threshold: the manifold's threshold (inf without one).
+        estimator: the estimator used.
+    """
+
+    weights: Tensor
+    actions: Tensor
+    q: Tensor
+    distance: Tensor
+    off_manifold: Tensor
+    nonfinite: Tensor
+    threshold: float
+    estimator: str
+
+    @property
+    def q_mean(self) -> Tensor:
+        """``[W]`` mean Q over candidates."""
+        return self.q.mean(dim=1)
+
+    @property
+    def distance_mean(self) -> Tensor:
+        """``[W]`` mean distance over candidates."""
+        return self.distance.mean(dim=1)
+
+    @property
+    def off_fraction(self) -> Tensor:
+        """``[W]`` fraction of candidates off the manifold."""
+        return self.off_manifold.to(self.q.dtype).mean(dim=1)
+
+
+def weight_sweep(
+    velocity: VelocityFn,
+    q: QFn,
+    obs: Tensor,
+    weights: Sequence[float] | Tensor,
+    manifold: DataManifold | None = None,
+    *,
+    estimator: str = "qgf",
+    steps: int = 10,
+    noise: Tensor | None = None,
+    candidates: int = 1,
+    generator: torch.Generator | None = None,
+    clip: bool = True,
+) -> WeightSweep:
+    """Sample the same noise at every weight in one batched ``guided_sample`` call.
+
+    Row ``w * C + c`` of the batch is candidate ``c`` at weight ``weights[w]``; the sampler
+    takes one weight per row, and its rows are independent, so the result equals ``W``
+    separate calls with the same noise.
+
+    Args:
+        velocity, q: the policy's velocity field and the aggregated critic.
+        obs: ``[O]`` or ``[1, O]`` the current state.
+        weights: ``[W]`` guidance weights.
+        manifold: measures distance to the data; None skips it.
+        estimator, steps, clip: as in ``guided_sample``.
+        noise: ``[C, A]`` initial noise shared by every weight; else ``candidates`` rows are
+            drawn from ``generator``.
+        candidates: C, used when ``noise`` is None.
+        generator: torch.Generator for the noise.
+
+    Returns:
+        A ``WeightSweep``.
+    """
+    obs = obs.reshape(1, -1) if obs.ndim == 1 else obs
+    if obs.shape[0] != 1:
+        raise ValueError(f"obs must be one state, [O] or [1, O], got {list(obs.shape)}")
+    w = torch.as_tensor(weights, dtype=obs.dtype, device=obs.device).reshape(-1)
+    if noise is None:
+        if not hasattr(velocity, "action_dim"):
+            raise ValueError("pass noise, or a velocity with an .action_dim attribute")
+        # Drawn on the generator's device, as guided_sample does, so CPU seeds match anywhere.
+        gen_device = generator.device if generator is not None else obs.device
+        noise = torch.randn(
+            candidates,
+            int(velocity.action_dim),
+            generator=generator,
+            device=gen_device,
+            dtype=obs.dtype,
+        )
+    noise = noise.to(obs.device, obs.dtype)
+    n_w, n_c, width = w.shape[0], noise.shape[0], noise.shape[1]
+    rows = obs.expand(n_w * n_c, -1)
+    trace = guided_sample(
+        velocity,
+        q,
+        rows,
+        estimator=estimator,
+        weight=w.repeat_interleave(n_c),
+        steps=steps,
+        noise=noise.repeat(n_w, 1),
+        clip=clip,
+    )
+    if manifold is not None:
+        measured = manifold.query(rows, trace.actions)
+        distance, off = measured.distance, measured.off_manifold
+        threshold = manifold.threshold
+    else:
+        distance = torch.full((n_w * n_c,), float("nan"), dtype=obs.dtype, device=obs.device)
+        off = torch.zeros(n_w * n_c, dtype=torch.bool, device=obs.device)
+        threshold = math.inf
+    return WeightSweep(
+        weights=w,
+        actions=trace.actions.view(n_w, n_c, width),
+        q=trace.q_final.view(n_w, n_c),
+        distance=distance.view(n_w, n_c),
+        off_manifold=off.view(n_w, n_c),
+        nonfinite=trace.nonfinite.view(n_w, n_c),
+        threshold=threshold,
+        estimator=estimator,
+    )
