@@ -219,7 +219,7 @@ def code_version() -> str:
 
 def _flatten(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {
-        f"{group}.{key}": t.detach().to("cpu", torch.float32).contiguous()
+        f"{group}.{key}": t.detach().to("cpu", torch.float32).clone()
         for group, sd in groups.items()
         for key, t in sd.items()
     }
