@@ -28,6 +28,11 @@ holds ``a_j .. a_{j+H-1}`` from one trajectory (rows whose chunk would cross a t
 are dropped), and its state is ``s_j``. Guidance that bends only the later actions of a
 chunk away from the data is therefore seen, which a first-action-only distance would miss.
 
+Building chunks needs trajectory boundaries. A checkpoint's compact dataset sample is a
+random subset of single rows without them; from such a sample the reference holds single
+actions (``horizon`` 1) and a candidate chunk is compared on its first action, the one that
+is executed first. ``DataManifold.horizon`` says which comparison is in force.
+
 Threshold
 ---------
 A candidate is off-manifold when ``d(s, a)`` exceeds the ``quantile`` (default 0.95) of the
@@ -66,7 +71,7 @@ The state search is one ``[S, O] @ [O, N]`` matmul per chunk of queries plus ``t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,7 +178,9 @@ class DataManifold:
         states: ``[N, O]`` standardised reference states.
         actions: ``[N, A]`` reference actions, ``A = horizon * action_dim``.
         obs_mean, obs_std: ``[O]`` the standardisation.
-        horizon: env actions per chunk ``H``.
+        horizon: env actions per reference chunk ``H``. Candidates may be longer chunks of
+            the same env action (a multiple of ``action_dim / horizon`` wide); they are then
+            compared on their first ``horizon`` env actions.
         k: nearest states searched per query.
         threshold: distances above it are off-manifold.
         quantile: the quantile of ``calibration`` that set ``threshold``.
@@ -194,6 +201,7 @@ class DataManifold:
     calibration: Tensor = field(default_factory=lambda: torch.empty(0))
     source_rows: Tensor | None = None
     calibration_rows: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    env_action_dim: int = field(init=False)
     _keys_t: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +220,7 @@ class DataManifold:
             raise ValueError(
                 f"action width {self.actions.shape[1]} is not a multiple of horizon {self.horizon}"
             )
+        self.env_action_dim = self.actions.shape[1] // self.horizon
         # Ranking keys for one GEMM per query block: [-2z, 1] @ [x, |x|^2]^T = |x|^2 - 2 z.x,
         # which orders rows as ||z - x||^2 does (|z|^2 is the same for every row). One matmul
         # and no elementwise pass over [S, N] matters on a busy CPU, where each extra
@@ -306,6 +315,31 @@ class DataManifold:
         manifold.calibrate(tensor(obs[queries]), tensor(act[queries]), quantile)
         return manifold
 
+    @classmethod
+    def from_sample(cls, sample: object, horizon: int = 1, **kwargs) -> DataManifold:
+        """Build from a dataset sample: a checkpoint's ``DatasetSample`` or a mapping.
+
+        Args:
+            sample: has ``observations [N, O]`` and ``actions [N, a]`` (attributes or keys),
+                and optionally ``terminals [N]`` when its rows are whole trajectories.
+            horizon: the policy's chunk length. Without terminals, chunks cannot be built
+                and the reference keeps single actions (candidates are compared on their
+                first action; the result's ``horizon`` is 1).
+            **kwargs: passed to ``fit`` (k, quantile, device, ...).
+        """
+
+        def get(name: str) -> ArrayLike | None:
+            if isinstance(sample, Mapping):
+                return sample.get(name)
+            return getattr(sample, name, None)
+
+        obs, act, terminals = get("observations"), get("actions"), get("terminals")
+        if obs is None or act is None:
+            raise ValueError("a dataset sample needs observations and actions")
+        if terminals is None:
+            horizon = 1
+        return cls.fit(obs, act, terminals, horizon=horizon, **kwargs)
+
     def calibrate(self, obs: Tensor, actions: Tensor, quantile: float) -> float:
         """Set ``threshold`` to the ``quantile`` of these pairs' distances.
 
@@ -351,7 +385,7 @@ class DataManifold:
 
     @property
     def action_dim(self) -> int:
-        """Width ``A`` of the candidates this manifold measures (``H * action_dim``)."""
+        """Width ``A = horizon * env_action_dim`` of the reference actions."""
         return self.actions.shape[1]
 
     def __len__(self) -> int:
@@ -388,7 +422,8 @@ class DataManifold:
         Args:
             obs: ``[B, O]`` the state of each candidate. Consecutive equal rows are searched
                 once, so the N candidates of one step cost one state search.
-            actions: ``[B, A]`` candidates, ``A = horizon * action_dim``.
+            actions: ``[B, A']`` candidates; ``A' = A`` or a longer chunk (a multiple of
+                ``env_action_dim``), compared on its first ``A`` dims.
 
         Returns:
             A ``ManifoldQuery`` on ``actions``' device, distances in ``actions``' dtype.
@@ -400,11 +435,14 @@ class DataManifold:
             )
         if obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs has {obs.shape[1]} dims, the data has {self.obs_dim}")
-        if actions.shape[1] != self.action_dim:
+        width = actions.shape[1]
+        if width < self.action_dim or width % self.env_action_dim:
             raise ValueError(
-                f"candidates have {actions.shape[1]} dims, the data's actions have "
-                f"{self.action_dim} (horizon {self.horizon})"
+                f"candidates have {width} dims; the data's actions have {self.action_dim} "
+                f"(horizon {self.horizon} x {self.env_action_dim}), so candidates must be a "
+                f"multiple of {self.env_action_dim} and at least {self.action_dim} wide"
             )
+        actions = actions[:, : self.action_dim]
         out_device, out_dtype = actions.device, actions.dtype
         obs = obs.detach().to(self.device, self.states.dtype)
         cand = actions.detach().to(self.device, self.actions.dtype)

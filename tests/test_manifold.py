@@ -239,3 +239,18 @@ def test_weight_sweep_draws_noise_from_the_generator_and_works_without_manifold(
     assert a.actions.shape == (2, 5, 4)
     assert torch.isnan(a.distance).all() and not a.off_manifold.any()
     assert a.threshold == math.inf
+
+
+def test_from_sample_without_terminals_compares_the_first_action_of_a_chunk():
+    obs, act, terminals = _dataset()
+    sample = {"observations": obs, "actions": act}
+    m = DataManifold.from_sample(sample, horizon=3, k=4, dtype=torch.float64)
+    assert m.horizon == 1 and m.action_dim == 2
+    chunks = torch.rand(5, 6, dtype=torch.float64)
+    q_obs = torch.tensor(obs[:5])
+    torch.testing.assert_close(m.distances(q_obs, chunks), m.distances(q_obs, chunks[:, :2]))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        m.query(q_obs, torch.zeros(5, 5, dtype=torch.float64))
+    # With trajectory ends the sample gives real chunks.
+    mc = DataManifold.from_sample({**sample, "terminals": terminals}, horizon=3, k=4)
+    assert mc.horizon == 3 and mc.action_dim == 6
