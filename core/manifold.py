@@ -235,8 +235,8 @@ class DataManifold:
         cls,
         observations: ArrayLike,
         actions: ArrayLike,
-        terminals: ArrayLike | None = None,
         *,
+        episodes: ArrayLike | None = None,
         horizon: int = 1,
         k: int = DEFAULT_K,
         quantile: float = DEFAULT_QUANTILE,
@@ -246,15 +246,15 @@ class DataManifold:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> DataManifold:
-        """Build the reference set from dataset rows and calibrate the threshold.
+        """Build the reference set from dataset pairs and calibrate the threshold.
 
         Args:
-            observations: ``[N, O]`` dataset states, rows in time order within trajectories.
-            actions: ``[N, a]`` the action taken at each state.
-            terminals: ``[N]`` true at each trajectory's last row. Needed for chunks
-                (``horizon > 1``); without it single rows are held out for calibration
-                (see the module docstring for why trajectories are better).
-            horizon: chunk length H of the policy's actions.
+            observations: ``[N, O]`` dataset states.
+            actions: ``[N, H * a]`` the action (chunk) taken at each state.
+            episodes: ``[N]`` trajectory index of each row; whole trajectories are then held
+                out for calibration, else single rows (see the module docstring for why
+                trajectories are better).
+            horizon: env actions per row of ``actions`` (H).
             k: nearest states per query.
             quantile: quantile of held-out distances that becomes the threshold.
             holdout: fraction of trajectories (or rows) held out for calibration.
@@ -266,30 +266,23 @@ class DataManifold:
         act = np.asarray(_as_tensor(actions, torch.float64))
         if obs.ndim != 2 or act.ndim != 2 or len(obs) != len(act):
             raise ValueError(
-                f"observations [N, O] and actions [N, a] with the same N expected, got "
+                f"observations [N, O] and actions [N, A] with the same N expected, got "
                 f"{list(obs.shape)} and {list(act.shape)}"
             )
+        if len(obs) < 2:
+            raise ValueError(f"need at least 2 dataset rows, got {len(obs)}")
         if not 0.0 < quantile < 1.0 or not 0.0 < holdout < 1.0:
             raise ValueError(f"quantile and holdout must lie in (0, 1): {quantile}, {holdout}")
-        episodes = None if terminals is None else episode_index(terminals)
-        rows = np.arange(len(obs))
-        if horizon > 1:
-            if episodes is None:
-                raise ValueError("action chunks (horizon > 1) need terminals to find trajectories")
-            act, rows = chunk_actions(act, episodes, horizon)
-            obs, episodes = obs[rows], episodes[rows]
-        if len(obs) < 2:
-            raise ValueError(f"need at least 2 usable rows, got {len(obs)}")
 
         mean = obs.mean(axis=0)
         std = obs.std(axis=0)
         std = np.where(std > 1e-6, std, 1.0)
 
         rng = np.random.default_rng(seed)
-        if episodes is not None and len(np.unique(episodes)) >= 2:
-            ids = np.unique(episodes)
+        ids = None if episodes is None else np.unique(np.asarray(episodes))
+        if ids is not None and len(ids) >= 2:
             n_out = min(len(ids) - 1, max(1, round(holdout * len(ids))))
-            held = np.isin(episodes, rng.choice(ids, size=n_out, replace=False))
+            held = np.isin(np.asarray(episodes), rng.choice(ids, size=n_out, replace=False))
         else:
             held = np.zeros(len(obs), dtype=bool)
             n_out = min(len(obs) - 1, max(1, round(holdout * len(obs))))
@@ -309,10 +302,40 @@ class DataManifold:
             horizon=horizon,
             k=k,
             quantile=quantile,
-            source_rows=torch.as_tensor(rows[~held], device=device),
-            calibration_rows=torch.as_tensor(rows[queries], device=device),
+            source_rows=torch.as_tensor(np.flatnonzero(~held), device=device),
+            calibration_rows=torch.as_tensor(queries, device=device),
         )
         manifold.calibrate(tensor(obs[queries]), tensor(act[queries]), quantile)
+        return manifold
+
+    @classmethod
+    def from_trajectories(
+        cls,
+        observations: ArrayLike,
+        actions: ArrayLike,
+        terminals: ArrayLike,
+        horizon: int = 1,
+        **kwargs,
+    ) -> DataManifold:
+        """Build from whole trajectories (a dataset in OGBench's layout).
+
+        Args:
+            observations: ``[N, O]`` states, rows in time order within each trajectory.
+            actions: ``[N, a]`` per-step actions.
+            terminals: ``[N]`` true at each trajectory's last row.
+            horizon: the policy's chunk length H: reference rows become chunks of H
+                consecutive actions inside one trajectory (``chunk_actions``).
+            **kwargs: passed to ``fit`` (k, quantile, holdout, device, ...).
+
+        ``source_rows`` and ``calibration_rows`` of the result index the arrays given here.
+        """
+        episodes = episode_index(terminals)
+        obs = np.asarray(_as_tensor(observations))
+        chunks, rows = chunk_actions(np.asarray(_as_tensor(actions)), episodes, horizon)
+        manifold = cls.fit(obs[rows], chunks, episodes=episodes[rows], horizon=horizon, **kwargs)
+        lookup = torch.as_tensor(rows, device=manifold.device)
+        manifold.source_rows = lookup[manifold.source_rows]
+        manifold.calibration_rows = lookup[manifold.calibration_rows]
         return manifold
 
     @classmethod
@@ -320,11 +343,14 @@ class DataManifold:
         """Build from a dataset sample: a checkpoint's ``DatasetSample`` or a mapping.
 
         Args:
-            sample: has ``observations [N, O]`` and ``actions [N, a]`` (attributes or keys),
-                and optionally ``terminals [N]`` when its rows are whole trajectories.
-            horizon: the policy's chunk length. Without terminals, chunks cannot be built
-                and the reference keeps single actions (candidates are compared on their
-                first action; the result's ``horizon`` is 1).
+            sample: has ``observations [N, O]`` and ``actions [N, a]`` (attributes or keys).
+                Used when present: ``terminals [N]`` (the rows are whole trajectories: chunks
+                are built, see ``from_trajectories``); else ``action_chunks [N, H * a]``
+                (the chunk starting at each row) and ``episodes [N]`` (trajectory index of
+                each row, for holding out whole trajectories).
+            horizon: the policy's chunk length. When the sample has neither terminals nor
+                chunks of that length, the reference keeps single actions and candidates
+                are compared on their first action (the result's ``horizon`` is 1).
             **kwargs: passed to ``fit`` (k, quantile, device, ...).
         """
 
@@ -333,12 +359,16 @@ class DataManifold:
                 return sample.get(name)
             return getattr(sample, name, None)
 
-        obs, act, terminals = get("observations"), get("actions"), get("terminals")
+        obs, act = get("observations"), get("actions")
         if obs is None or act is None:
             raise ValueError("a dataset sample needs observations and actions")
-        if terminals is None:
-            horizon = 1
-        return cls.fit(obs, act, terminals, horizon=horizon, **kwargs)
+        terminals, chunks, episodes = get("terminals"), get("action_chunks"), get("episodes")
+        if terminals is not None:
+            return cls.from_trajectories(obs, act, terminals, horizon, **kwargs)
+        width = np.shape(act)[1]
+        if horizon > 1 and chunks is not None and np.shape(chunks)[1] == horizon * width:
+            return cls.fit(obs, chunks, episodes=episodes, horizon=horizon, **kwargs)
+        return cls.fit(obs, act, episodes=episodes, horizon=1, **kwargs)
 
     def calibrate(self, obs: Tensor, actions: Tensor, quantile: float) -> float:
         """Set ``threshold`` to the ``quantile`` of these pairs' distances.

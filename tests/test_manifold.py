@@ -61,7 +61,7 @@ def test_episode_index_and_chunks_stay_inside_trajectories():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_distances_match_brute_force(dtype):
     obs, act, terminals = _dataset()
-    m = DataManifold.fit(obs, act, terminals, k=5, dtype=dtype)
+    m = DataManifold.from_trajectories(obs, act, terminals, k=5, dtype=dtype)
     ref_z, mean, std = _reference_states(m, obs)
     ref_act = act[m.source_rows.numpy()]
     np.testing.assert_allclose(mean, obs.mean(0), rtol=1e-6)
@@ -82,7 +82,9 @@ def test_distances_match_brute_force(dtype):
 def test_chunked_distances_match_brute_force():
     horizon = 3
     obs, act, terminals = _dataset(episodes=8, steps=15)
-    m = DataManifold.fit(obs, act, terminals, horizon=horizon, k=4, dtype=torch.float64)
+    m = DataManifold.from_trajectories(
+        obs, act, terminals, horizon=horizon, k=4, dtype=torch.float64
+    )
     assert m.action_dim == horizon * act.shape[1]
     rows = m.source_rows.numpy()
     # Chunks rebuilt by hand: a_j, a_{j+1}, a_{j+2}, all in the trajectory of row j.
@@ -102,7 +104,7 @@ def test_chunked_distances_match_brute_force():
 
 def test_fit_holds_out_whole_trajectories_and_threshold_is_their_quantile():
     obs, act, terminals = _dataset(episodes=20, steps=20)
-    m = DataManifold.fit(obs, act, terminals, k=6, quantile=0.9, holdout=0.2, seed=3)
+    m = DataManifold.from_trajectories(obs, act, terminals, k=6, quantile=0.9, holdout=0.2, seed=3)
     ep = episode_index(terminals)
     held_eps = set(ep[m.calibration_rows.numpy()].tolist())
     ref_eps = set(ep[m.source_rows.numpy()].tolist())
@@ -123,8 +125,6 @@ def test_fit_without_terminals_holds_out_rows():
     m = DataManifold.fit(obs, act, k=3, holdout=0.1, max_calibration=7)
     assert len(m) == 180 and len(m.calibration_rows) == 7
     assert not set(m.calibration_rows.tolist()) & set(m.source_rows.tolist())
-    with pytest.raises(ValueError, match="terminals"):
-        DataManifold.fit(obs, act, horizon=2)
 
 
 def test_off_manifold_flag_on_a_hand_made_case():
@@ -153,7 +153,7 @@ def test_off_manifold_flag_on_a_hand_made_case():
 
 def test_query_blocks_and_repeated_states_do_not_change_results(monkeypatch):
     obs, act, terminals = _dataset()
-    m = DataManifold.fit(obs, act, terminals, k=5, dtype=torch.float64)
+    m = DataManifold.from_trajectories(obs, act, terminals, k=5, dtype=torch.float64)
     rng = np.random.default_rng(4)
     q_obs = torch.tensor(obs[rng.choice(len(obs), 6)]).repeat_interleave(4, dim=0)
     q_act = torch.tensor(rng.uniform(-1, 1, size=(24, 2)))
@@ -171,7 +171,7 @@ def test_query_blocks_and_repeated_states_do_not_change_results(monkeypatch):
 
 def test_query_rejects_wrong_shapes_with_a_message():
     obs, act, terminals = _dataset()
-    m = DataManifold.fit(obs, act, terminals, horizon=2, k=3)
+    m = DataManifold.from_trajectories(obs, act, terminals, horizon=2, k=3)
     with pytest.raises(ValueError, match="horizon 2"):
         m.query(torch.zeros(3, 4), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="obs has 5 dims"):
@@ -181,7 +181,7 @@ def test_query_rejects_wrong_shapes_with_a_message():
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 def test_cuda_matches_cpu():
     obs, act, terminals = _dataset()
-    m = DataManifold.fit(obs, act, terminals, k=5, dtype=torch.float64)
+    m = DataManifold.from_trajectories(obs, act, terminals, k=5, dtype=torch.float64)
     mc = m.to("cuda")
     q_obs = torch.tensor(obs[:30] + 0.1)
     q_act = torch.rand(30, 2, dtype=torch.float64)
@@ -200,7 +200,7 @@ def _tiny_policy(obs_dim=4, horizon=1, act_dim=2, seed=0):
 
 def test_weight_sweep_equals_separate_calls_with_the_same_noise():
     obs, act, terminals = _dataset()
-    m = DataManifold.fit(obs, act, terminals, k=5, dtype=torch.float64)
+    m = DataManifold.from_trajectories(obs, act, terminals, k=5, dtype=torch.float64)
     velocity, critic = _tiny_policy()
     state = torch.tensor(obs[7])
     weights = [0.0, 0.03, 0.3, 3.0]
@@ -254,3 +254,16 @@ def test_from_sample_without_terminals_compares_the_first_action_of_a_chunk():
     # With trajectory ends the sample gives real chunks.
     mc = DataManifold.from_sample({**sample, "terminals": terminals}, horizon=3, k=4)
     assert mc.horizon == 3 and mc.action_dim == 6
+    # Pre-built chunks and trajectory ids (what a checkpoint sample can carry).
+    ep = episode_index(terminals)
+    chunks, rows = chunk_actions(act, ep, 3)
+    pre = {
+        "observations": obs[rows],
+        "actions": act[rows],
+        "action_chunks": chunks,
+        "episodes": ep[rows],
+    }
+    mp = DataManifold.from_sample(pre, horizon=3, k=4, seed=1)
+    assert mp.horizon == 3
+    held = set(ep[rows][mp.calibration_rows.numpy()].tolist())
+    assert held and not held & set(ep[rows][mp.source_rows.numpy()].tolist())
