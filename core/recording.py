@@ -266,6 +266,7 @@ class PanelEpisode:
         success: the env reported success.
         ret: undiscounted return.
         q: ``[steps]`` Q of the executed action (chunk) at each step.
+        actions: ``[steps, action_dim]`` the env actions executed.
     """
 
     panel: Panel
@@ -274,6 +275,7 @@ class PanelEpisode:
     success: bool
     ret: float
     q: list[float]
+    actions: np.ndarray
 
 
 @dataclass
@@ -332,21 +334,17 @@ class _PanelRun:
     ret: float = 0.0
     q: float | None = None
     qs: list[float] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
     chunk: np.ndarray | None = None  # [H, 5] the executing chunk
     overlay: Overlay | None = None
 
 
 @dataclass
 class _Sampled:
-    """One estimator's sampler call for some of the panels sampled together.
+    """One panel's candidates at one state, on the CPU (from ``sample_with_ghost``)."""
 
-    ``idx`` are positions in the list of panels sampled; row ``j`` of the traces is panel
-    ``idx[j]``. Everything is on the CPU.
-    """
-
-    idx: list[int]
-    trace: DenoiseTrace
-    ghost: DenoiseTrace | None
+    guided: DenoiseTrace
+    ghost: DenoiseTrace
     off_manifold: Tensor | None
 
 
@@ -448,48 +446,38 @@ class Recording:
     def _sample(
         self, obs_np: np.ndarray, panels: list[Panel], episode: int, step: int
     ) -> list[_Sampled]:
-        """Worker thread: one sampler call per estimator, every row from the same noise."""
+        """Worker thread: every panel from the same noise, each in a call of its own.
+
+        One call per panel, rather than one batch for all, keeps a panel's numbers
+        independent of the rest of the grid (a batched matmul may round a row differently
+        depending on the batch), so equal panels stay bit-identical for a whole episode.
+        """
         start = time.perf_counter()
         s = self.settings
         noise = step_noise(s.seed + episode, step, s.candidates, self.action_dim)
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=self.device)
-        ghost = None
-        if s.layers.ghost:
-            ghost = guided_sample(
-                self.policy, self.critic, obs, "none", 0.0, s.steps,
-                noise=noise.repeat(len(panels), 1), best_of=s.candidates,
-            ).to("cpu")  # fmt: skip
         out = []
-        for estimator in dict.fromkeys(p.estimator for p in panels):
-            idx = [i for i, p in enumerate(panels) if p.estimator == estimator]
-            weights = torch.tensor([panels[i].weight for i in idx], dtype=torch.float32)
-            trace = guided_sample(
-                self.policy, self.critic, obs[idx], estimator, weights.to(self.device), s.steps,
-                noise=noise.repeat(len(idx), 1), best_of=s.candidates,
-            )  # fmt: skip
+        for o, p in zip(obs, panels, strict=True):
+            guided, ghost = sample_with_ghost(
+                self.policy, self.critic, o, p.estimator, p.weight, s.steps, noise
+            )
             flags = None
             if s.layers.off_manifold and self.off_manifold is not None:
-                obs_n = obs[idx].repeat_interleave(s.candidates, 0)
-                flags = self.off_manifold(obs_n, trace.final).to("cpu")
-            sub_ghost = None if ghost is None else _rows(ghost, idx)
-            out.append(_Sampled(idx, trace.to("cpu"), sub_ghost, flags))
+                flags = self.off_manifold(o.expand(s.candidates, -1), guided.final).cpu()
+            out.append(_Sampled(guided.to("cpu"), ghost.to("cpu"), flags))
         self.sampler_s += time.perf_counter() - start
         return out
 
     def _apply(self, runs: list[_PanelRun], sampled: list[_Sampled]) -> None:
         """Main thread: take the new chunks and build the overlays at the current states."""
-        n = self.settings.candidates
-        for part in sampled:
-            final = part.trace.final.numpy()
-            q_final = part.trace.q_final.numpy()
-            for j, i in enumerate(part.idx):
-                run = runs[i]
-                executed = int(part.trace.chosen[j]) if self.settings.best_of else 0
-                run.chunk = final[j * n + executed].reshape(self.horizon, -1)
-                run.q = float(q_final[j * n + executed])
-                run.overlay = overlay_from_trace(
-                    run.env, part.trace, j, executed, part.ghost, part.off_manifold
-                )
+        for run, part in zip(runs, sampled, strict=True):
+            executed = int(part.guided.chosen[0]) if self.settings.best_of else 0
+            run.chunk = part.guided.final[executed].numpy().reshape(self.horizon, -1)
+            run.q = float(part.guided.q_final[executed])
+            ghost = part.ghost if self.settings.layers.ghost else None
+            run.overlay = overlay_from_trace(
+                run.env, part.guided, 0, executed, ghost, part.off_manifold
+            )
 
     # ------------------------------------------------------------------ one episode
 
@@ -506,7 +494,7 @@ class Recording:
                     "the comparison would not be fair"
                 )
             run.obs, run.done, run.success, run.final_drawn = obs, False, False, False
-            run.step, run.ret, run.q, run.qs = 0, 0.0, None, []
+            run.step, run.ret, run.q, run.qs, run.actions = 0, 0.0, None, [], []
             run.chunk = run.overlay = None
             if self.settings.camera == "follow":
                 run.renderer.set_preset("follow", run.env.unwrapped._data)
@@ -567,7 +555,9 @@ class Recording:
             for run in active:
                 u = run.env.unwrapped
                 mujoco.mj_copyData(run.shown, u._model, u._data)
-                obs, reward, terminated, truncated, info = run.env.step(run.chunk[k % self.horizon])
+                action = run.chunk[k % self.horizon].astype(np.float64)
+                obs, reward, terminated, truncated, info = run.env.step(action)
+                run.actions.append(action)
                 run.obs = obs
                 run.step += 1
                 run.ret += float(reward)
@@ -600,7 +590,10 @@ class Recording:
             video.write(frame)
         clock.lap("encode")
         return [
-            PanelEpisode(r.panel, episode, r.step, r.success, r.ret, list(r.qs)) for r in self.runs
+            PanelEpisode(
+                r.panel, episode, r.step, r.success, r.ret, list(r.qs), np.array(r.actions)
+            )
+            for r in self.runs
         ]
 
     def _frame(self) -> np.ndarray:
@@ -633,19 +626,18 @@ class Recording:
         )  # fmt: skip
 
 
-def _rows(trace: DenoiseTrace, idx: list[int]) -> DenoiseTrace:
-    """The sub-trace of rows ``idx`` (with all their candidates)."""
+def _row(trace: DenoiseTrace, i: int) -> DenoiseTrace:
+    """Row ``i`` of a trace as a one-row trace (``B* = best_of``)."""
     n = trace.best_of
-    cand = torch.tensor([i * n + j for i in idx for j in range(n)], device=trace.a_t.device)
-    rows = torch.tensor(idx, device=trace.a_t.device)
+    cand = slice(i * n, (i + 1) * n)
     return DenoiseTrace(
-        actions=trace.actions[rows],
+        actions=trace.actions[i : i + 1],
         a_t=trace.a_t[:, cand],
         a_hat=trace.a_hat[:, cand],
         grad=trace.grad[:, cand],
         q_hat=trace.q_hat[:, cand],
         q_final=trace.q_final[cand],
-        chosen=trace.chosen[rows],
+        chosen=trace.chosen[i : i + 1],
         nonfinite=trace.nonfinite[cand],
         weight=trace.weight[cand],
         estimator=trace.estimator,
@@ -653,6 +645,41 @@ def _rows(trace: DenoiseTrace, idx: list[int]) -> DenoiseTrace:
         best_of=n,
         clip=trace.clip,
     )
+
+
+def sample_with_ghost(
+    policy: torch.nn.Module,
+    critic: Callable[[Tensor, Tensor], Tensor],
+    obs: Tensor,
+    estimator: str,
+    weight: float,
+    steps: int,
+    noise: Tensor,
+) -> tuple[DenoiseTrace, DenoiseTrace]:
+    """N guided candidates of one state and the unguided ghost, from the same noise.
+
+    One ``guided_sample`` call of two rows, ``[guided at weight, same at 0]``: the call the
+    viewer's session makes, so a panel and the viewer with the same seed draw the same.
+
+    Args:
+        obs: ``[O]`` the state.
+        noise: ``[N, A]`` initial noise a_0 of the N candidates.
+
+    Returns:
+        ``(guided, ghost)``, one-row traces with ``best_of = N``.
+    """
+    n = noise.shape[0]
+    trace = guided_sample(
+        policy,
+        critic,
+        obs[None].expand(2, -1),
+        estimator=estimator,
+        weight=torch.tensor([weight, 0.0], device=obs.device),
+        steps=steps,
+        noise=torch.cat([noise, noise]).to(obs.device),
+        best_of=n,
+    )
+    return _row(trace, 0), _row(trace, 1)
 
 
 def record(
