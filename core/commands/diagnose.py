@@ -1,0 +1,73 @@
+"""`qgf diagnose`: the paper's estimator analyses on a checkpoint, as PNG plots and JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data (PNG + JSON)"
+
+
+def _names(text: str) -> list[str] | None:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    return None if names == ["all"] else names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.add_argument("--states", type=int, default=256, help="states from the data sample")
+    parser.add_argument(
+        "--estimators", type=_names, default=None, help="comma-separated, or 'all' (default)"
+    )
+    parser.add_argument("--out", help="output directory (default: diagnose-<checkpoint name>)")
+    parser.add_argument(
+        "--weight", type=float, default=None, help="default: best qgf weight in eval.json"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="default: the checkpoint's T")
+    parser.add_argument("--best-of", type=int, default=16, help="N of the best-of-N oracle")
+    parser.add_argument("--eps", type=float, default=0.05, help="noise-sensitivity eps")
+    parser.add_argument("--k", type=int, default=32, help="nearest states per distance query")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from core.report import diagnose_checkpoint, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = diagnose_checkpoint(
+        args.checkpoint,
+        states=args.states,
+        estimators=args.estimators,
+        weight=args.weight,
+        steps=args.steps,
+        best_of=args.best_of,
+        eps=args.eps,
+        k=args.k,
+        seed=args.seed,
+        device=args.device,
+    )
+    out = args.out or f"diagnose-{Path(args.checkpoint).resolve().name}"
+    paths = write_report(report, out)
+    m = report.manifold
+    print(
+        f"{report.env}: {len(report.rows)} states, weight {report.weight:g}, T {report.steps}; "
+        f"distance to data: k={m['k']}, {m['compares']}, threshold {m['threshold']:.4f} "
+        f"({100 * m['quantile']:.0f}th percentile of {m['calibration_pairs']} held-out pairs)"
+    )
+    print(f"{'':<14}{'Q mean':>10}{'dist':>9}{'off %':>7}{'to oracle':>11}{'cos(eps)':>10}")
+    for r in report.results:
+        s = r.summary()
+        sens = f"{min(s['noise_sensitivity']):.3f}" if s["noise_sensitivity"] else "-"
+        print(
+            f"{r.name:<14}{s['q_final']['mean']:>10.3f}{s['distance']['mean']:>9.3f}"
+            f"{100 * s['off_manifold_fraction']:>6.0f}%{s['distance_to_oracle']['mean']:>11.3f}"
+            f"{sens:>10}"
+        )
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({report.wall_time_s:.0f} s)")
+    return 0

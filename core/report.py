@@ -1,0 +1,558 @@
+"""The estimator report behind ``qgf diagnose``: the paper's estimator analyses on a checkpoint.
+
+Over ``S`` states from the checkpoint's dataset sample, from the same initial noise for every
+estimator, at one guidance weight:
+
+- Fig. 3, noise sensitivity: cosine similarity of ``G(s, a_t)`` and ``G(s, a_t + eps)`` per
+  denoising step and estimator (computed by ``core.diagnostics``).
+- Fig. 4, Q optimisation: Q of each estimator's final action against the best-of-N oracle
+  (unguided sampling, N candidates, argmax Q), and the oracle's Q as a function of N.
+- Fig. 17, distance to the data: distance of each final action to the oracle's action, and
+  to the data (``core.manifold``: nearest dataset actions in the nearest states), with the
+  off-manifold threshold and the dataset's own actions as the reference.
+
+States are drawn from the pairs the manifold held out for its threshold, so the dataset's own
+actions there were not in the reference set: their distances are the calibration distances
+the threshold came from, and an estimator's distances compare with them directly.
+
+Reproducibility: the initial noise of candidate ``c`` of state ``i`` is row ``i * N + c`` of
+``torch.randn(S * N, A, generator=torch.Generator().manual_seed(seed))`` (CPU generator, the
+state's dtype); every estimator uses candidate 0 of each state, the oracle all N.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from core.guidance import ESTIMATORS, QFn, VelocityFn, guided_sample
+from core.manifold import DataManifold
+
+ORACLE = "best_of_n"
+DATA = "data"
+
+
+def _stats(x: np.ndarray) -> dict:
+    """Mean, normal-approximation 95% half-width and median of ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    half = 1.959963984540054 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
+    return {"mean": float(x.mean()), "ci95": float(half), "median": float(np.median(x))}
+
+
+@dataclass
+class EstimatorResult:
+    """One estimator (or the oracle, or the dataset's own actions) over the report's states.
+
+    Attributes:
+        name: estimator name, ``best_of_n`` for the oracle, ``data`` for dataset actions.
+        q_final: ``[S]`` Q of the final action.
+        distance: ``[S]`` distance of the final action to the data.
+        off_manifold: ``[S]`` distance above the manifold's threshold.
+        distance_to_oracle: ``[S]`` ``||a - a_oracle|| / sqrt(H)``.
+        noise_sensitivity: ``[T]`` mean cosine similarity per denoising step (empty where it
+            does not apply: the oracle, the data, and ``none`` whose G is 0).
+        nonfinite: states where the sampler flagged a NaN/inf.
+        seconds: wall time of the sampling call.
+        flops_per_action: FLOPs to sample one action (None when not counted).
+    """
+
+    name: str
+    q_final: np.ndarray
+    distance: np.ndarray
+    off_manifold: np.ndarray
+    distance_to_oracle: np.ndarray
+    noise_sensitivity: np.ndarray = field(default_factory=lambda: np.empty(0))
+    nonfinite: int = 0
+    seconds: float = 0.0
+    flops_per_action: float | None = None
+
+    def summary(self) -> dict:
+        """Means with normal 95% half-widths, medians, off-manifold fraction."""
+        return {
+            "q_final": _stats(self.q_final),
+            "distance": _stats(self.distance),
+            "distance_to_oracle": _stats(self.distance_to_oracle),
+            "off_manifold_fraction": float(np.mean(self.off_manifold)),
+            "noise_sensitivity": [float(v) for v in self.noise_sensitivity],
+            "nonfinite": int(self.nonfinite),
+            "seconds": float(self.seconds),
+            "flops_per_action": self.flops_per_action,
+        }
+
+
+@dataclass
+class DiagnoseReport:
+    """Everything ``qgf diagnose`` computed; ``to_json`` is what it writes.
+
+    Attributes:
+        checkpoint, env: where the networks came from.
+        rows: ``[S]`` rows of the dataset sample whose states were used.
+        weight, steps, best_of, eps, seed: the settings.
+        horizon: the policy's chunk length.
+        manifold: the manifold's settings and threshold.
+        results: one ``EstimatorResult`` per estimator, then the oracle, then the data.
+        oracle_q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
+        wall_time_s: total time.
+    """
+
+    checkpoint: str
+    env: str
+    rows: list[int]
+    weight: float
+    steps: int
+    best_of: int
+    eps: float
+    seed: int
+    horizon: int
+    manifold: dict
+    results: list[EstimatorResult]
+    oracle_q_by_n: list[float]
+    wall_time_s: float = 0.0
+
+    def result(self, name: str) -> EstimatorResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def q_gap(self, name: str) -> dict:
+        """``Q(name) - Q(oracle)`` over states: mean and paired 95% half-width."""
+        gap = self.result(name).q_final - self.result(ORACLE).q_final
+        return _stats(gap)
+
+    def to_json(self) -> dict:
+        """Settings, per-estimator summaries, and the per-state values behind every figure."""
+        head = {k: v for k, v in asdict(self).items() if k != "results"}
+        head["summary"] = {
+            r.name: {**r.summary(), "q_minus_oracle": self.q_gap(r.name)} for r in self.results
+        }
+        head["per_state"] = {
+            r.name: {
+                "q_final": r.q_final.tolist(),
+                "distance": r.distance.tolist(),
+                "off_manifold": r.off_manifold.astype(bool).tolist(),
+                "distance_to_oracle": r.distance_to_oracle.tolist(),
+            }
+            for r in self.results
+        }
+        return head
+
+
+def initial_noise(states: int, candidates: int, width: int, seed: int, dtype) -> Tensor:
+    """``[S, N, A]`` the report's initial noise (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(states * candidates, width, generator=gen, dtype=dtype).view(
+        states, candidates, width
+    )
+
+
+def pick_states(manifold: DataManifold, sample_obs: np.ndarray, count: int, seed: int):
+    """Rows of the sample to diagnose: held-out rows first (see the module docstring).
+
+    Returns:
+        ``(rows [S], held_out [S] bool)``.
+    """
+    rng = np.random.default_rng(seed)
+    held = manifold.calibration_rows.cpu().numpy()
+    take = rng.choice(held, size=min(count, len(held)), replace=False)
+    if len(take) < count:
+        rest = np.setdiff1d(np.arange(len(sample_obs)), held)
+        extra = rng.choice(rest, size=min(count - len(take), len(rest)), replace=False)
+        take = np.concatenate([take, extra])
+    return take, np.isin(take, held)
+
+
+def _data_q(critic: QFn, obs: Tensor, data_actions: Tensor | None, width: int) -> np.ndarray:
+    """Q of the dataset's own actions, where they are whole actions of the policy's width."""
+    if data_actions is None or data_actions.shape[1] != width:
+        return np.full(obs.shape[0], np.nan)
+    with torch.no_grad():
+        return critic(obs, data_actions.to(obs)).cpu().double().numpy()
+
+
+def estimator_analyses(
+    policy: VelocityFn,
+    critic: QFn,
+    manifold: DataManifold,
+    obs: Tensor,
+    *,
+    estimators: Sequence[str],
+    weight: float,
+    steps: int = 10,
+    best_of: int = 16,
+    seed: int = 0,
+    data_actions: Tensor | None = None,
+    horizon: int = 1,
+) -> tuple[list[EstimatorResult], list[float]]:
+    """Final actions of every estimator and of the best-of-N oracle, their Q and distances.
+
+    Args:
+        policy, critic: the velocity field (with ``.action_dim``) and the aggregated critic.
+        manifold: distance to the data.
+        obs: ``[S, O]`` states.
+        estimators: names in ``ESTIMATORS``.
+        weight: guidance weight for every estimator.
+        steps: Euler steps T.
+        best_of: N of the oracle.
+        seed: seed of the initial noise (``initial_noise``).
+        data_actions: ``[S, A']`` the dataset's actions at these states, for the ``data``
+            entry (its Q is computed only when ``A'`` is the policy's width).
+        horizon: the policy's chunk length H (distances between actions divide by sqrt(H)).
+
+    Returns:
+        ``(results, oracle_q_by_n)``: one ``EstimatorResult`` per estimator, then the oracle
+        and (when ``data_actions`` is given) the data; and the oracle's mean Q when it keeps
+        the best of its first n candidates, n = 1..N.
+    """
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimators {unknown}; registered: {sorted(ESTIMATORS)}")
+    n_states, width = obs.shape[0], int(policy.action_dim)
+    noise = initial_noise(n_states, best_of, width, seed, obs.dtype).to(obs.device)
+    scale = 1.0 / math.sqrt(horizon)
+
+    def measure(name: str, actions: Tensor, q: Tensor, oracle: Tensor, **extra) -> EstimatorResult:
+        found = manifold.query(obs, actions)
+        return EstimatorResult(
+            name=name,
+            q_final=q.detach().cpu().double().numpy(),
+            distance=found.distance.cpu().double().numpy(),
+            off_manifold=found.off_manifold.cpu().numpy(),
+            distance_to_oracle=(torch.linalg.vector_norm(actions - oracle, dim=-1) * scale)
+            .cpu()
+            .double()
+            .numpy(),
+            **extra,
+        )
+
+    start = time.perf_counter()
+    bon = guided_sample(
+        policy,
+        critic,
+        obs,
+        estimator="none",
+        weight=0.0,
+        steps=steps,
+        noise=noise.reshape(n_states * best_of, width),
+        best_of=best_of,
+    )
+    oracle_seconds = time.perf_counter() - start
+    oracle = bon.actions
+    q_all = bon.q_final.view(n_states, best_of)
+    q_by_n = torch.cummax(q_all, dim=1).values.mean(dim=0)
+    oracle_q = q_all.gather(1, bon.chosen[:, None]).squeeze(1)
+
+    results = []
+    for name in estimators:
+        start = time.perf_counter()
+        trace = guided_sample(
+            policy, critic, obs, estimator=name, weight=weight, steps=steps, noise=noise[:, 0]
+        )
+        seconds = time.perf_counter() - start
+        results.append(
+            measure(
+                name,
+                trace.actions,
+                trace.q_final,
+                oracle,
+                nonfinite=int(trace.nonfinite.sum()),
+                seconds=seconds,
+            )
+        )
+    results.append(
+        measure(
+            ORACLE,
+            oracle,
+            oracle_q,
+            oracle,
+            nonfinite=int(bon.nonfinite_rows.sum()),
+            seconds=oracle_seconds,
+        )
+    )
+    if data_actions is not None:
+        found = manifold.query(obs, data_actions)
+        first = data_actions[:, : min(width, data_actions.shape[1])]
+        to_oracle = torch.linalg.vector_norm(first - oracle[:, : first.shape[1]], dim=-1)
+        results.append(
+            EstimatorResult(
+                name=DATA,
+                q_final=_data_q(critic, obs, data_actions, width),
+                distance=found.distance.cpu().double().numpy(),
+                off_manifold=found.off_manifold.cpu().numpy(),
+                distance_to_oracle=(to_oracle / math.sqrt(first.shape[1] // (width // horizon)))
+                .cpu()
+                .double()
+                .numpy(),
+            )
+        )
+    return results, [float(v) for v in q_by_n]
+
+
+# ---------------------------------------------------------------------- figures
+
+_SPECIAL_COLOURS = {ORACLE: "black", DATA: "0.55"}
+
+
+def _colours(names: Sequence[str]) -> dict[str, str]:
+    palette = [f"C{i}" for i in range(10)]
+    out, i = {}, 0
+    for name in names:
+        if name in _SPECIAL_COLOURS:
+            out[name] = _SPECIAL_COLOURS[name]
+        else:
+            out[name] = palette[i % len(palette)]
+            i += 1
+    return out
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def _title(report: DiagnoseReport) -> str:
+    return (
+        f"{report.env}: {len(report.rows)} states, w = {report.weight:g}, T = {report.steps}, "
+        f"best-of-{report.best_of} oracle"
+    )
+
+
+def figure_noise_sensitivity(report: DiagnoseReport) -> Figure:
+    """Fig. 3: cosine similarity of G(s, a_t) and G(s, a_t + eps) along denoising."""
+    shown = [r for r in report.results if len(r.noise_sensitivity)]
+    colours = _colours([r.name for r in report.results])
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for r in shown:
+        k = np.arange(len(r.noise_sensitivity))
+        ax.plot(k, r.noise_sensitivity, "o-", color=colours[r.name], label=r.name)
+    ax.set_xlabel("denoising step k (t = k / T)")
+    ax.set_ylabel("cos(G(s, a_t), G(s, a_t + eps))")
+    ax.set_ylim(min(-0.05, *(r.noise_sensitivity.min() - 0.05 for r in shown)), 1.05)
+    ax.axhline(1.0, color="0.8", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Noise sensitivity (eps = {report.eps:g}), mean over states", fontsize=10)
+    fig.suptitle(_title(report), fontsize=9)
+    return fig
+
+
+def figure_q(report: DiagnoseReport) -> Figure:
+    """Fig. 4: Q of final actions per estimator against the best-of-N oracle.
+
+    Left: ``Q(est) - Q(oracle)`` per state, mean with a paired 95% CI (Q varies far more
+    between states than between estimators, so unpaired means hide the differences).
+    Right: the oracle's mean Q when it keeps the best of n candidates, with each estimator's
+    mean Q (one guided sample) as a horizontal line.
+    """
+    colours = _colours([r.name for r in report.results])
+    results = [r for r in report.results if r.name != ORACLE and np.isfinite(r.q_final).all()]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_gap, ax_n = fig.subplots(1, 2)
+    for i, r in enumerate(results):
+        gap = report.q_gap(r.name)
+        ax_gap.errorbar(
+            i, gap["mean"], yerr=gap["ci95"], fmt="o", color=colours[r.name], capsize=4, ms=7
+        )
+    ax_gap.axhline(0.0, color="black", ls="--", label=f"best-of-{report.best_of} oracle")
+    ax_gap.set_xticks(np.arange(len(results)), [r.name for r in results], rotation=30, ha="right")
+    ax_gap.set_xlim(-0.6, len(results) - 0.4)
+    ax_gap.set_ylabel("Q(action) - Q(oracle action), paired 95% CI")
+    ax_gap.grid(axis="y", alpha=0.3)
+    ax_gap.legend(fontsize=8)
+    ax_gap.set_title("Q of final actions against the oracle", fontsize=10)
+
+    n = np.arange(1, len(report.oracle_q_by_n) + 1)
+    ax_n.plot(n, report.oracle_q_by_n, "o-", color="black", label="best-of-n (unguided)")
+    for r in results:
+        if r.name != DATA:
+            ax_n.axhline(np.mean(r.q_final), color=colours[r.name], ls="--", label=r.name)
+    ax_n.set_xscale("log", base=2)
+    ax_n.set_xlabel("n candidates (oracle keeps argmax Q)")
+    ax_n.set_ylabel("mean Q over states")
+    ax_n.grid(alpha=0.3)
+    ax_n.legend(fontsize=8)
+    ax_n.set_title("One guided sample against best-of-n", fontsize=10)
+    fig.suptitle(_title(report), fontsize=9)
+    return fig
+
+
+def figure_distance(report: DiagnoseReport) -> Figure:
+    """Fig. 17: distance to the oracle's action and to the data, per estimator."""
+    colours = _colours([r.name for r in report.results])
+    names = [r.name for r in report.results]
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    ax_o, ax_d = fig.subplots(1, 2)
+    for ax, key, label in (
+        (ax_o, "distance_to_oracle", "distance to the best-of-N action"),
+        (ax_d, "distance", "distance to the data (nearest dataset action)"),
+    ):
+        rows = [r for r in report.results if not (key == "distance_to_oracle" and r.name == ORACLE)]
+        parts = ax.boxplot(
+            [getattr(r, key) for r in rows],
+            patch_artist=True,
+            showfliers=False,
+            medianprops={"color": "black"},
+        )
+        for patch, r in zip(parts["boxes"], rows, strict=True):
+            patch.set_facecolor(colours[r.name])
+            patch.set_alpha(0.6)
+        ax.plot(
+            np.arange(1, len(rows) + 1),
+            [np.mean(getattr(r, key)) for r in rows],
+            "D",
+            color="white",
+            markeredgecolor="black",
+            label="mean",
+        )
+        ax.set_xticks(np.arange(1, len(rows) + 1), [r.name for r in rows], rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    threshold = report.manifold["threshold"]
+    ax_d.axhline(threshold, color="red", ls="--", label=f"off-manifold threshold {threshold:.3g}")
+    top = ax_d.get_ylim()[1]
+    for i, name in enumerate(n for n in names):
+        frac = report.result(name).summary()["off_manifold_fraction"]
+        ax_d.text(i + 1, top, f"{100 * frac:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax_d.set_title("distance to data (% above threshold on top)", fontsize=10, pad=14)
+    ax_o.set_title("distance to the oracle's action", fontsize=10, pad=14)
+    ax_d.legend(fontsize=8, loc="upper left")
+    fig.suptitle(_title(report), fontsize=9)
+    return fig
+
+
+def write_report(report: DiagnoseReport, out: str | os.PathLike) -> dict[str, Path]:
+    """Write ``diagnose.json`` and the three figures into directory ``out`` (atomically)."""
+    from core.checkpoints import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "diagnose.json"}
+    write_json_atomic(paths["json"], report.to_json())
+    if any(len(r.noise_sensitivity) for r in report.results):
+        paths["noise_sensitivity"] = _save(
+            figure_noise_sensitivity(report), out / "noise_sensitivity.png"
+        )
+    paths["q"] = _save(figure_q(report), out / "q_final.png")
+    paths["distance"] = _save(figure_distance(report), out / "distance_to_data.png")
+    return paths
+
+
+# ---------------------------------------------------------------------- the whole report
+
+
+def diagnose_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    states: int = 256,
+    estimators: Sequence[str] | None = None,
+    weight: float | None = None,
+    steps: int | None = None,
+    best_of: int = 16,
+    eps: float = 0.05,
+    k: int = 32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> DiagnoseReport:
+    """Run every analysis of the report on a checkpoint.
+
+    Args:
+        checkpoint: checkpoint directory (``core.checkpoints`` layout).
+        states: number of states S, drawn from the dataset sample (held-out rows first).
+        estimators: names in ``ESTIMATORS``; None means every registered one.
+        weight: guidance weight; None takes the best QGF weight of the checkpoint's
+            ``eval.json`` when there is one, else 0.05.
+        steps: Euler steps T; None takes the checkpoint's ``flow_steps``.
+        best_of: N of the best-of-N oracle.
+        eps: scale of the action noise in the noise-sensitivity analysis.
+        k: nearest states per distance query.
+        seed: seed of the state draw and of the initial noise.
+        device: where the networks and the manifold run.
+    """
+    from core.checkpoints import load_checkpoint, load_dataset_sample
+
+    started = time.perf_counter()
+    policy, critic, config = load_checkpoint(checkpoint, device)
+    sample = load_dataset_sample(checkpoint)
+    estimators = list(ESTIMATORS) if estimators is None else list(estimators)
+    steps = steps or config.flow_steps
+    weight = default_weight(checkpoint) if weight is None else weight
+
+    manifold = DataManifold.from_sample(sample, horizon=config.horizon, k=k, device=device)
+    rows, _ = pick_states(manifold, sample.observations, states, seed)
+    obs = torch.as_tensor(sample.observations[rows], dtype=torch.float32, device=device)
+    data_actions = torch.as_tensor(sample.actions[rows], dtype=torch.float32, device=device)
+
+    results, q_by_n = estimator_analyses(
+        policy,
+        critic,
+        manifold,
+        obs,
+        estimators=estimators,
+        weight=weight,
+        steps=steps,
+        best_of=best_of,
+        seed=seed,
+        data_actions=data_actions,
+        horizon=config.horizon,
+    )
+    return DiagnoseReport(
+        checkpoint=str(checkpoint),
+        env=config.env,
+        rows=[int(r) for r in rows],
+        weight=float(weight),
+        steps=steps,
+        best_of=best_of,
+        eps=eps,
+        seed=seed,
+        horizon=config.horizon,
+        manifold=manifold_summary(manifold, config.horizon),
+        results=results,
+        oracle_q_by_n=q_by_n,
+        wall_time_s=time.perf_counter() - started,
+    )
+
+
+def manifold_summary(manifold: DataManifold, policy_horizon: int) -> dict:
+    """What the JSON records about the distance measure."""
+    cal = manifold.calibration.cpu().double().numpy()
+    compares = (
+        "whole chunks"
+        if manifold.horizon == policy_horizon
+        else f"the first {manifold.horizon} of {policy_horizon} actions of each chunk"
+    )
+    return {
+        "k": manifold.k,
+        "horizon": manifold.horizon,
+        "compares": compares,
+        "reference_rows": len(manifold),
+        "threshold": float(manifold.threshold),
+        "quantile": float(manifold.quantile),
+        "calibration_pairs": len(cal),
+        "calibration_percentiles": {
+            str(p): float(np.percentile(cal, p)) for p in (5, 25, 50, 75, 95, 99)
+        },
+    }
+
+
+def default_weight(checkpoint: str | os.PathLike, fallback: float = 0.05) -> float:
+    """The best QGF weight recorded in the checkpoint's ``eval.json``, else ``fallback``."""
+    import json
+
+    path = Path(checkpoint) / "eval.json"
+    try:
+        summary = json.loads(path.read_text())["summary"]
+        return float(summary["qgf"]["best_weight"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return fallback

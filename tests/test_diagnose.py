@@ -1,0 +1,206 @@
+"""Tests for core/report.py and `qgf diagnose`: the report's numbers and figures are what an
+independent recomputation from the sampler says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from core.checkpoints import (
+    CheckpointConfig,
+    DatasetSample,
+    load_checkpoint,
+    load_dataset_sample,
+    save_checkpoint,
+)
+from core.cli import main as cli_main
+from core.guidance import guided_sample
+from core.manifold import DataManifold
+from core.report import (
+    DATA,
+    ORACLE,
+    default_weight,
+    diagnose_checkpoint,
+    figure_distance,
+    figure_q,
+    pick_states,
+    write_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "cube-single-play-singletask-task2-v0"
+
+
+def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
+    torch.manual_seed(0)
+    config = CheckpointConfig(
+        env="cube-single-play-singletask-task2-v0",
+        dataset="cube-single-play-v0",
+        task=2,
+        obs_dim=6,
+        action_dim=2,
+        horizon=horizon,
+        hidden=[32, 32],
+        layer_norm=True,
+        time_dim=16,
+        q_ensemble=2,
+        flow_steps=4,
+        training_steps=0,
+        data_fingerprint={"arrays_sha256": "synthetic"},
+    )
+    rng = np.random.default_rng(0)
+    obs = np.cumsum(rng.normal(scale=0.3, size=(600, 6)), axis=0).astype(np.float32)
+    act = np.tanh(rng.normal(size=(600, 2))).astype(np.float32)
+    policy, critic, target = config.build_policy(), config.build_critic(), config.build_critic()
+    save_checkpoint(path, config, policy, critic, target, DatasetSample(obs, act))
+    return path
+
+
+SETTINGS = dict(states=12, estimators=["none", "qgf", "ood"], weight=1.5, best_of=4, k=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    ck = _tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
+    report = diagnose_checkpoint(ck, **SETTINGS)
+    out = tmp_path_factory.mktemp("out")
+    paths = write_report(report, out)
+    return ck, report, paths, json.loads(paths["json"].read_text())
+
+
+def test_report_numbers_are_what_the_sampler_says(tiny):
+    ck, report, _, data = tiny
+    policy, critic, config = load_checkpoint(ck)
+    sample = load_dataset_sample(ck)
+    rows = data["rows"]
+    obs = torch.tensor(sample.observations[rows])
+    s, n, width = len(rows), SETTINGS["best_of"], config.chunk_dim
+    # The noise the module docstring promises, drawn here independently.
+    gen = torch.Generator().manual_seed(SETTINGS["seed"])
+    noise = torch.randn(s * n, width, generator=gen).view(s, n, width)
+
+    trace = guided_sample(
+        policy, critic, obs, "qgf", weight=1.5, steps=config.flow_steps, noise=noise[:, 0]
+    )
+    with torch.no_grad():
+        q_qgf = critic(obs, trace.actions).numpy()
+    np.testing.assert_allclose(data["per_state"]["qgf"]["q_final"], q_qgf, rtol=1e-5, atol=1e-6)
+    assert data["summary"]["qgf"]["q_final"]["mean"] == pytest.approx(q_qgf.mean(), abs=1e-5)
+
+    # Oracle: every candidate of every state sampled alone, unguided; keep the best Q.
+    best = []
+    for i in range(s):
+        cand = guided_sample(
+            policy, critic, obs[i : i + 1].expand(n, -1), "none", weight=0.0,
+            steps=config.flow_steps, noise=noise[i],
+        )  # fmt: skip
+        with torch.no_grad():
+            best.append(critic(obs[i : i + 1].expand(n, -1), cand.actions).max().item())
+    np.testing.assert_allclose(data["per_state"][ORACLE]["q_final"], best, rtol=1e-5, atol=1e-6)
+    assert data["oracle_q_by_n"][-1] == pytest.approx(np.mean(best), abs=1e-5)
+    # n = 1 is the unguided sample from candidate 0's noise: the `none` estimator exactly.
+    assert data["oracle_q_by_n"][0] == pytest.approx(
+        data["summary"]["none"]["q_final"]["mean"], abs=1e-6
+    )
+    gap = np.array(data["per_state"]["qgf"]["q_final"]) - np.array(best)
+    assert data["summary"]["qgf"]["q_minus_oracle"]["mean"] == pytest.approx(gap.mean(), abs=1e-5)
+
+    # Distances: the same manifold rebuilt from the sample (its own tests check it against
+    # brute force), queried with the recomputed actions.
+    manifold = DataManifold.from_sample(sample, k=SETTINGS["k"])
+    found = manifold.query(obs, trace.actions)
+    np.testing.assert_allclose(data["per_state"]["qgf"]["distance"], found.distance, rtol=1e-5)
+    assert data["per_state"]["qgf"]["off_manifold"] == found.off_manifold.tolist()
+    assert data["manifold"]["threshold"] == pytest.approx(manifold.threshold)
+    # The dataset's own actions at held-out states: their distances are calibration values.
+    assert set(rows) <= set(manifold.calibration_rows.tolist())
+    own = np.array(data["per_state"][DATA]["distance"])[:, None]
+    assert np.abs(own - manifold.calibration.numpy()[None, :]).min(axis=1).max() < 1e-5
+
+
+def test_estimators_differ_so_the_comparison_is_not_vacuous(tiny):
+    _, _, _, data = tiny
+    q = {name: np.array(data["per_state"][name]["q_final"]) for name in ("none", "qgf", "ood")}
+    assert not np.allclose(q["none"], q["qgf"]) and not np.allclose(q["qgf"], q["ood"])
+
+
+def test_figures_plot_the_report_numbers(tiny):
+    _, report, paths, data = tiny
+    fig = figure_q(report)
+    ax_gap, ax_n = fig.axes
+    np.testing.assert_allclose(ax_n.lines[0].get_ydata(), data["oracle_q_by_n"])
+    by_label = {line.get_label(): line for line in ax_n.lines}
+    for name in SETTINGS["estimators"]:
+        want = data["summary"][name]["q_final"]["mean"]
+        assert by_label[name].get_ydata()[0] == pytest.approx(want)
+
+    fig = figure_distance(report)
+    ax_o, ax_d = fig.axes
+    means = next(line for line in ax_d.lines if line.get_label() == "mean").get_ydata()
+    names = [t.get_text() for t in ax_d.get_xticklabels()]
+    assert names == [*SETTINGS["estimators"], ORACLE, DATA]
+    np.testing.assert_allclose(means, [data["summary"][n]["distance"]["mean"] for n in names])
+    threshold = next(line for line in ax_d.lines if "threshold" in line.get_label())
+    assert threshold.get_ydata()[0] == pytest.approx(data["manifold"]["threshold"])
+
+    for key in ("q", "distance"):
+        image = imread(paths[key])
+        assert image.shape[0] > 300 and image.shape[1] > 600
+        assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_pick_states_prefers_held_out_rows():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(200, 3))
+    m = DataManifold.fit(obs, rng.normal(size=(200, 2)), k=4, holdout=0.1)
+    rows, held = pick_states(m, obs, 15, seed=0)
+    assert held.all() and set(rows.tolist()) <= set(m.calibration_rows.tolist())
+    rows, held = pick_states(m, obs, 30, seed=0)
+    assert len(set(rows.tolist())) == 30 and held.sum() == 20
+
+
+def test_default_weight_comes_from_eval_json(tmp_path):
+    assert default_weight(tmp_path) == 0.05
+    (tmp_path / "eval.json").write_text(json.dumps({"summary": {"qgf": {"best_weight": 0.03}}}))
+    assert default_weight(tmp_path) == 0.03
+
+
+def test_chunked_checkpoint_compares_first_actions(tmp_path):
+    ck = _tiny_checkpoint(tmp_path / "chunked", horizon=3)
+    report = diagnose_checkpoint(ck, states=6, estimators=["qgf"], best_of=2, k=4)
+    assert report.manifold["compares"] == "the first 1 of 3 actions of each chunk"
+    assert np.isnan(report.result(DATA).q_final).all()  # a single action has no chunk Q
+    paths = write_report(report, tmp_path / "out")
+    assert paths["q"].is_file()
+
+
+def test_cli_writes_json_and_figures(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    out = tmp_path / "report"
+    rc = cli_main(
+        ["diagnose", str(ck), "--states", "8", "--estimators", "qgf,bptt", "--best-of", "2",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "qgf" in printed and "bptt" in printed and "threshold" in printed
+    data = json.loads((out / "diagnose.json").read_text())
+    assert list(data["summary"]) == ["qgf", "bptt", ORACLE, DATA]
+    assert (out / "q_final.png").is_file() and (out / "distance_to_data.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason=f"shipped checkpoint {SHIPPED} not present")
+def test_report_on_the_shipped_checkpoint(tmp_path):
+    report = diagnose_checkpoint(SHIPPED, states=32, best_of=8)
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert len(data["rows"]) == 32
+    for r in report.results:
+        assert np.isfinite(r.distance).all()
+    assert data["summary"][ORACLE]["q_minus_oracle"]["mean"] == 0.0
