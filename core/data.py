@@ -355,7 +355,7 @@ def generate_dataset(
     bar = tqdm(total=len(jobs), desc=config.parsed.dataset_name, unit="ep", disable=not progress)
     with bar:
         for n, ((split, _), episode) in enumerate(
-            zip(jobs, _iter_episodes(config, jobs, workers)), start=1
+            zip(jobs, _iter_episodes(config, jobs, workers), strict=True), start=1
         ):
             done[split].append(episode.arrays)
             retries += episode.retries
@@ -380,3 +380,250 @@ def generate_dataset(
         subtasks_completed=completed,
         config=asdict(config),
     )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Dataset:
+    """A single-task transition dataset, relabelled by OGBench (one row per transition).
+
+    Attributes:
+        observations: ``[N, O]`` float32, state ``s_t``.
+        actions: ``[N, A]`` float32, action ``a_t`` in [-1, 1].
+        next_observations: ``[N, O]`` float32, state ``s_{t+1}``.
+        rewards: ``[N]`` float32, OGBench's single-task reward at ``s_t``: (sub-goals met) -
+            (sub-goals), so 0 exactly where the task is solved.
+        masks: ``[N]`` float32, 0 where ``s_t`` solves the task (no bootstrapping), else 1.
+        terminals: ``[N]`` float32, 1 at the last transition of each trajectory.
+        name: the single-task name it was loaded as, e.g. ``cube-single-play-singletask-task2-v0``.
+        sources: the files it came from.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    next_observations: np.ndarray
+    rewards: np.ndarray
+    masks: np.ndarray
+    terminals: np.ndarray
+    name: str
+    sources: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """The arrays under OGBench's key names."""
+        keys = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
+        return {k: getattr(self, k) for k in keys}
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable, or does not match its environment."""
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an ``.npz`` without decompressing the data."""
+    import zipfile
+
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with zf.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                headers[member[: -len(".npy")]] = (shape, dtype)
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise DatasetError(f"{path}: not a readable .npz file ({e})") from e
+    return headers
+
+
+@dataclass(frozen=True)
+class _EnvFacts:
+    obs_dim: int
+    action_dim: int
+    nq: int
+    nv: int
+    num_buttons: int | None
+
+
+def _env_facts(env) -> _EnvFacts:
+    u = env.unwrapped
+    ob, _ = env.reset(seed=0)
+    buttons = getattr(u, "_num_buttons", None) if hasattr(u, "_cur_button_states") else None
+    return _EnvFacts(len(ob), 5, u._model.nq, u._model.nv, buttons)
+
+
+def validate_file(path: str | os.PathLike, facts: _EnvFacts, env_name: str) -> int:
+    """Check an OGBench dataset file's keys, dtypes and shapes against the env; returns N.
+
+    Raises:
+        DatasetError naming the file and the key whose presence, dtype or shape is wrong.
+    """
+    path = Path(path)
+    headers = _npz_headers(path)
+    expected: dict[str, tuple[int, ...]] = {
+        "observations": (facts.obs_dim,),
+        "actions": (facts.action_dim,),
+        "terminals": (),
+        "qpos": (facts.nq,),
+        "qvel": (facts.nv,),
+    }
+    if facts.num_buttons is not None:
+        expected["button_states"] = (facts.num_buttons,)
+    for key in REQUIRED_KEYS + ("qpos",) + (("button_states",) if facts.num_buttons else ()):
+        if key not in headers:
+            raise DatasetError(
+                f"{path}: missing key {key!r} (has {sorted(headers)}); OGBench's single-task "
+                f"relabelling for {env_name} needs {sorted(expected)}"
+            )
+    n = headers["observations"][0][0] if headers["observations"][0] else 0
+    for key, tail in expected.items():
+        if key not in headers:
+            continue
+        shape, dtype = headers[key]
+        if dtype.hasobject:
+            raise DatasetError(f"{path}: key {key!r} holds Python objects (pickle); refused")
+        if tuple(shape) != (n, *tail):
+            want = "[" + ", ".join(["N", *map(str, tail)]) + "]"
+            raise DatasetError(
+                f"{path}: key {key!r} has shape {tuple(shape)}, expected {want} with N={n} "
+                f"(the length of 'observations') for {env_name}"
+            )
+    if n == 0:
+        raise DatasetError(f"{path}: no transitions")
+    return n
+
+
+def _dataset_files(parsed: EnvName, path: str | os.PathLike | None, dataset_dir: str) -> list[Path]:
+    """The training files of a dataset: one ``.npz`` or a directory of ``.npz`` slices."""
+    stem = parsed.dataset_name
+    if path is None:
+        root = Path(dataset_dir).expanduser()
+        candidates = [root / f"{stem}.npz", root / stem]
+    else:
+        candidates = [Path(path).expanduser()]
+    for cand in candidates:
+        if cand.is_file():
+            return [cand]
+        if cand.is_dir():
+            if (cand / f"{stem}.npz").is_file():
+                return [cand / f"{stem}.npz"]
+            # A directory of slices (OGBench's 100M-transition datasets): every .npz but the
+            # validation files, in name order.
+            slices = sorted(p for p in cand.glob("*.npz") if not p.name.endswith("-val.npz"))
+            if slices:
+                return slices
+            raise DatasetError(f"{cand}: no .npz files for {stem}")
+    looked = ", ".join(str(c) for c in candidates)
+    raise DatasetError(
+        f"dataset {stem} not found (looked at {looked}). OGBench datasets cannot be downloaded "
+        f"here; generate one with `qgf datagen --env {stem} --out DIR` and pass path=DIR."
+    )
+
+
+def _val_file(train: Path) -> Path:
+    return train.with_name(train.name[: -len(".npz")] + "-val.npz")
+
+
+def load_dataset(
+    name: str,
+    path: str | os.PathLike | None = None,
+    split: str = "train",
+    dataset_dir: str = DEFAULT_DATASET_DIR,
+    max_files: int | None = None,
+    env=None,
+) -> Dataset:
+    """Load an OGBench dataset (official or generated) with single-task rewards and masks.
+
+    Files are read by OGBench's own ``load_dataset`` and relabelled by OGBench's own
+    ``relabel_dataset`` after their keys and shapes are checked against the env.
+
+    Args:
+        name: single-task name, e.g. ``cube-single-play-singletask-task2-v0`` (a name without
+            ``-singletask`` gets the family's default task).
+        path: a ``.npz`` file, a directory holding ``<dataset>.npz``, or a directory of
+            ``.npz`` slices (OGBench's 100M-transition datasets). ``None``: ``dataset_dir``.
+        split: ``train`` or ``val`` (``<file>-val.npz`` next to each training file).
+        dataset_dir: where OGBench keeps downloaded datasets.
+        max_files: for a directory of slices, read only the first this many.
+        env: an env of the same name to relabel with (made if ``None``).
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        DatasetError: a file is missing, has a missing key or a wrong shape, or holds pickles.
+    """
+    import ogbench
+    from ogbench.relabel_utils import relabel_dataset
+
+    from core.envs import make_env
+
+    parsed = parse_name(name)
+    if not parsed.singletask:
+        parsed = parse_name(f"{parsed.family}-{parsed.dataset_type}-singletask-v0")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    files = _dataset_files(parsed, path, dataset_dir)[:max_files]
+    if split == "val":
+        files = [_val_file(f) for f in files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DatasetError(f"validation file(s) missing: {', '.join(missing)}")
+    if env is None:
+        env = make_env(parsed.name)
+    facts = _env_facts(env)
+    for f in files:
+        validate_file(f, facts, parsed.name)
+
+    parts = []
+    for f in files:
+        part = ogbench.load_dataset(str(f), compact_dataset=False, add_info=True)
+        relabel_dataset(parsed.env_id, env, part)
+        parts.append(part)
+    keys = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
+    arrays = {
+        k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in keys
+    }
+    return Dataset(**arrays, name=parsed.name, sources=tuple(str(f) for f in files))
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def compact_sample(dataset: Dataset, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A uniform random subset of a dataset's states and actions, for nearest-neighbour queries.
+
+    Args:
+        dataset: the dataset.
+        n: rows to keep (all of them if the dataset is smaller).
+        seed: which rows.
+
+    Returns:
+        ``{"observations": [n, O] float32, "actions": [n, A] float32, "indices": [n] int64}``,
+        rows in dataset order; ``indices`` are their rows in ``dataset``.
+    """
+    rng = np.random.default_rng(seed)
+    size = len(dataset)
+    idx = np.sort(rng.choice(size, size=min(n, size), replace=False)).astype(np.int64)
+    return {
+        "observations": np.ascontiguousarray(dataset.observations[idx], dtype=np.float32),
+        "actions": np.ascontiguousarray(dataset.actions[idx], dtype=np.float32),
+        "indices": idx,
+    }

@@ -18,7 +18,7 @@ import numpy as np
 
 DATASET_TYPES = ("play", "noisy")
 _NAME = re.compile(
-    r"^(?P<family>(?:visual-)?[a-z]+(?:-[a-z0-9]+)?)-(?P<dtype>[a-z]+)"
+    r"^(?P<family>(?:visual-)?[a-z]+(?:-[a-z0-9]+)?)-(?P<dtype>(?!singletask-)[a-z]+)"
     r"(?:-singletask(?:-task(?P<task>\d+))?)?-v0$"
 )
 
@@ -122,6 +122,8 @@ def _name_error(name: str, why: str) -> ValueError:
 def parse_name(name: str) -> EnvName:
     """Parse a dataset-style OGBench name; a wrong one raises ``ValueError`` listing valid forms."""
     m = _NAME.match(name)
+    if name.removesuffix("-v0") in env_families():
+        raise _name_error(name, "an env id, not a dataset name (add the dataset type)")
     if m is None:
         raise _name_error(name, "not an OGBench manipulation dataset name")
     family, dtype, task = m.group("family"), m.group("dtype"), m.group("task")
@@ -172,7 +174,10 @@ def reset(env, seed: int | None = None, options: dict | None = None) -> tuple[np
     """Reset ``env`` reproducibly: the same seed gives the same start state and task.
 
     OGBench draws a goal-conditioned env's task from the *global* ``np.random`` and the start
-    state from the env's own generator, so both are seeded. ``seed=None`` seeds neither.
+    state from the env's own generator, so both are seeded. ``seed=None`` seeds neither. The
+    start state and every step after it repeat exactly; only the arm part of a goal-conditioned
+    env's ``info['goal']`` does not, since OGBench settles the goal scene with two random actions
+    from an unseeded action space.
 
     Returns:
         ``(observation [O], info)`` as ``env.reset`` returns them.
@@ -468,18 +473,27 @@ def effector_state(env) -> tuple[np.ndarray, float]:
     return pos, opening
 
 
-def action_to_ee_targets(env, actions: np.ndarray) -> EETargets:
+def action_to_ee_targets(env, actions: np.ndarray, tracking: float = 1.0) -> EETargets:
     """Where a chunk of actions sends the end effector, in world coordinates.
 
-    Each action moves the effector target by ``action[:3] * scale`` from the current effector
-    position, clipped to the workspace, and the gripper target by ``action[4] * scale`` from the
-    current opening, clipped to [0, 1] (as the env's ``set_control`` does). A chunk is chained
-    from the current state, each step starting where the previous one aimed: the controller
-    tracks its target closely, so this is what the chunk would do if executed open loop.
+    Each action sets the effector target to the current effector position plus
+    ``action[:3] * scale``, clipped to the workspace, and the gripper target to the current
+    opening plus ``action[4] * scale``, clipped to [0, 1], exactly as the env's ``set_control``
+    does (scale and workspace are read from the env). A chunk is chained from the current state:
+    action ``k+1`` starts from where the effector is after action ``k``, taken as
+    ``p_k + tracking * (target_k - p_k)``.
+
+    ``tracking=1`` (default) assumes the arm reaches each target, so ``xyz[..., 0, :]`` is
+    the env's own target for the first action and the path is the commanded one. The arm's PD
+    control covers about 45% of a commanded step within one 50 ms control step (measured on
+    cube-single for action magnitudes 0.1 to 1), so ``tracking=0.45`` predicts where an open-loop
+    chunk actually leaves the effector. The gripper is chained with full tracking.
 
     Args:
         env: a reset OGBench manipulation env (its current effector state is the start).
-        actions: ``[H, 5]`` or ``[N, H, 5]`` normalised actions (in [-1, 1] for valid ones).
+        actions: ``[H, 5]`` or ``[N, H, 5]`` normalised actions (in [-1, 1] for valid ones;
+            larger ones are applied unclipped, as the env does).
+        tracking: fraction of each commanded displacement the effector is taken to cover.
 
     Returns:
         EETargets with ``xyz [H, 3]`` / ``[N, H, 3]`` and ``gripper [H]`` / ``[N, H]``.
@@ -490,15 +504,15 @@ def action_to_ee_targets(env, actions: np.ndarray) -> EETargets:
     scale = action_scale(env)
     low, high = workspace_bounds(env)
     pos0, grip0 = effector_state(env)
-    # Unclipped, as the env applies them: a policy's out-of-range action moves further.
     steps = actions * scale
     xyz = np.empty(actions.shape[:-1] + (3,))
     grip = np.empty(actions.shape[:-1])
     pos = np.broadcast_to(pos0, actions.shape[:-2] + (3,)).copy()
     g = np.full(actions.shape[:-2], grip0)
     for h in range(actions.shape[-2]):
-        pos = np.clip(pos + steps[..., h, :3], low, high)
+        target = np.clip(pos + steps[..., h, :3], low, high)
         g = np.clip(g + steps[..., h, 4], 0.0, 1.0)
-        xyz[..., h, :] = pos
+        xyz[..., h, :] = target
         grip[..., h] = g
+        pos = pos + tracking * (target - pos)
     return EETargets(xyz, grip)
