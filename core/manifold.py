@@ -71,6 +71,7 @@ The state search is one ``[S, O] @ [O, N]`` matmul per chunk of queries plus ``t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -369,6 +370,19 @@ class DataManifold:
         if horizon > 1 and chunks is not None and np.shape(chunks)[1] == horizon * width:
             return cls.fit(obs, chunks, episodes=episodes, horizon=horizon, **kwargs)
         return cls.fit(obs, act, episodes=episodes, horizon=1, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> DataManifold:
+        """Build from a checkpoint directory's dataset sample, for its policy's horizon.
+
+        Args:
+            path: checkpoint directory (``core.checkpoints`` layout).
+            **kwargs: passed to ``fit`` (k, quantile, device, ...).
+        """
+        from core.checkpoints import load_dataset_sample, read_config
+
+        horizon = read_config(path).horizon
+        return cls.from_sample(load_dataset_sample(path), horizon=horizon, **kwargs)
 
     def calibrate(self, obs: Tensor, actions: Tensor, quantile: float) -> float:
         """Set ``threshold`` to the ``quantile`` of these pairs' distances.

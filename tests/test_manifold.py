@@ -267,3 +267,34 @@ def test_from_sample_without_terminals_compares_the_first_action_of_a_chunk():
     assert mp.horizon == 3
     held = set(ep[rows][mp.calibration_rows.numpy()].tolist())
     assert held and not held & set(ep[rows][mp.source_rows.numpy()].tolist())
+
+
+def test_from_checkpoint_uses_the_sample_and_the_policy_horizon(tmp_path):
+    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+
+    obs, act, _ = _dataset()
+    config = CheckpointConfig(
+        env="cube-single-play-singletask-task2-v0",
+        dataset="cube-single-play-v0",
+        task=2,
+        obs_dim=4,
+        action_dim=2,
+        horizon=2,
+        hidden=[8],
+        layer_norm=True,
+        time_dim=16,
+        q_ensemble=2,
+        flow_steps=4,
+        training_steps=0,
+        data_fingerprint={"arrays_sha256": "synthetic"},
+    )
+    net, critic = config.build_policy(), config.build_critic()
+    sample = DatasetSample(obs.astype(np.float32), act.astype(np.float32))
+    save_checkpoint(tmp_path / "ck", config, net, critic, critic, sample)
+    m = DataManifold.from_checkpoint(tmp_path / "ck", k=5)
+    want = DataManifold.from_sample(sample, horizon=2, k=5)
+    assert m.horizon == 1 and m.threshold == want.threshold and torch.equal(m.states, want.states)
+    chunks = torch.rand(3, 4)
+    torch.testing.assert_close(
+        m.distances(torch.tensor(obs[:3]), chunks), want.distances(torch.tensor(obs[:3]), chunks)
+    )
