@@ -444,19 +444,24 @@ class SceneRenderer:
             "pan": (mujoco.mjtMouse.mjMOUSE_MOVE_H, mujoco.mjtMouse.mjMOUSE_MOVE_V),
         }
         if kind == "zoom":
-            mujoco.mjv_moveCamera(
-                self.model, mujoco.mjtMouse.mjMOUSE_ZOOM, 0.0, dy, self.scene, self.camera
-            )
+            self._move(mujoco.mjtMouse.mjMOUSE_ZOOM, 0.0, dy)
         elif kind in actions:
             horizontal, vertical = actions[kind]
             if dx:
-                mujoco.mjv_moveCamera(self.model, horizontal, dx, 0.0, self.scene, self.camera)
+                self._move(horizontal, dx, 0.0)
             if dy:
-                mujoco.mjv_moveCamera(self.model, vertical, 0.0, dy, self.scene, self.camera)
+                self._move(vertical, 0.0, dy)
         else:
             raise ValueError(f"camera motion must be orbit, pan or zoom, got {kind!r}")
         if self.preset != "follow":
             self.preset = "free"
+
+    def _move(self, action: int, dx: float, dy: float) -> None:
+        # MuJoCo 4 dropped the scene argument of mjv_moveCamera; 3.x needs it.
+        try:
+            mujoco.mjv_moveCamera(self.model, action, dx, dy, self.camera)
+        except TypeError:
+            mujoco.mjv_moveCamera(self.model, action, dx, dy, self.scene, self.camera)
 
     # --- drawing ----------------------------------------------------------------------
     def update(

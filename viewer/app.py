@@ -42,7 +42,7 @@ from core.render import (
     time_color,
 )
 from viewer.frames import FrameStream
-from viewer.session import FrameSpec, Session
+from viewer.session import RANDOM_LABEL, FrameSpec, Session
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
 TITLE = "qgf view"
@@ -55,6 +55,7 @@ ERROR_SECONDS = 20.0
 W_LINEAR_MAX = 0.3
 W_LOG_MIN, W_LOG_MAX = -3.0, 0.0
 WEIGHT_STEP = 1.25
+_SCREENSHOT_SETTLE_FRAMES = 3
 # Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
 _FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 _ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
@@ -412,6 +413,10 @@ class ViewerApp:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
+        # The frame buffer is read a frame or two behind what was last drawn: draw the
+        # current state a few times first so the file shows it, not the state before.
+        for _ in range(_SCREENSHOT_SETTLE_FRAMES):
+            self.frame()
         done: list[Any] = []
         dpg.output_frame_buffer(file=str(path), callback=lambda *a: done.append(a))
         end = time.monotonic() + timeout
@@ -434,7 +439,7 @@ class ViewerApp:
     def _typing(self) -> bool:
         return any(dpg.is_item_active(t) for t in self._inputs)
 
-    def _key(self, action: Callable[[], None]) -> Callable[..., None]:
+    def _key(self, action: Callable[[], Any]) -> Callable[..., None]:
         def on_key(*_: Any) -> None:
             if not self._typing():
                 action()
@@ -743,26 +748,26 @@ class ViewerApp:
 
     def _build_handlers(self) -> None:
         keys = (
-            (dpg.mvKey_Spacebar, self.play_pause),
-            (dpg.mvKey_Right, self.single_step),
-            (dpg.mvKey_R, self.reset),
-            (dpg.mvKey_H, self.toggle_help),
-            (dpg.mvKey_F1, self.toggle_help),
-            (dpg.mvKey_Escape, lambda: dpg.hide_item(self._tags["help"])),
-            (dpg.mvKey_Up, lambda: self.nudge_weight(WEIGHT_STEP)),
-            (dpg.mvKey_Down, lambda: self.nudge_weight(1 / WEIGHT_STEP)),
-            (dpg.mvKey_1, lambda: self.set_camera("front")),
-            (dpg.mvKey_2, lambda: self.set_camera("side")),
-            (dpg.mvKey_3, lambda: self.set_camera("top")),
-            (dpg.mvKey_4, lambda: self.set_camera("follow")),
-            (dpg.mvKey_G, lambda: self.toggle_layer("ghost")),
-            (dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
-            (dpg.mvKey_P, lambda: self.screenshot()),
+            ("space", dpg.mvKey_Spacebar, self.play_pause),
+            ("right", dpg.mvKey_Right, self.single_step),
+            ("r", dpg.mvKey_R, self.reset),
+            ("h", dpg.mvKey_H, self.toggle_help),
+            ("f1", dpg.mvKey_F1, self.toggle_help),
+            ("escape", dpg.mvKey_Escape, lambda: dpg.hide_item(self._tags["help"])),
+            ("up", dpg.mvKey_Up, lambda: self.nudge_weight(WEIGHT_STEP)),
+            ("down", dpg.mvKey_Down, lambda: self.nudge_weight(1 / WEIGHT_STEP)),
+            ("1", dpg.mvKey_1, lambda: self.set_camera("front")),
+            ("2", dpg.mvKey_2, lambda: self.set_camera("side")),
+            ("3", dpg.mvKey_3, lambda: self.set_camera("top")),
+            ("4", dpg.mvKey_4, lambda: self.set_camera("follow")),
+            ("g", dpg.mvKey_G, lambda: self.toggle_layer("ghost")),
+            ("d", dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
+            ("p", dpg.mvKey_P, lambda: self.screenshot()),
         )
         with dpg.handler_registry():
-            for key, action in keys:
-                dpg.add_key_press_handler(
-                    key, callback=self.callback("key", self._key(lambda a=action: a()))
+            for name, key, action in keys:
+                self._tags[f"key_{name}"] = dpg.add_key_press_handler(
+                    key, callback=self.callback(f"key {name}", self._key(action))
                 )
             dpg.add_mouse_wheel_handler(callback=self.callback("zoom", self._on_wheel))
 
@@ -862,7 +867,7 @@ class ViewerApp:
         session = self.session
         rec = spec.record
         label = session.label
-        random = session.config is None
+        random = session.label == RANDOM_LABEL
         dpg.set_value(
             t["checkpoint"],
             f"checkpoint: {label}" + (" (untrained)" if random else ""),

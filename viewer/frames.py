@@ -84,6 +84,8 @@ class FrameStream:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self.preset = "front"
+        self.requested = 0
+        self.served = 0
         self.settings: RenderSettings | None = None
         self._thread = threading.Thread(target=self._run, name="qgf-render", daemon=True)
         self._thread.start()
@@ -94,43 +96,61 @@ class FrameStream:
             )
 
     # --- any thread ---------------------------------------------------------------------
-    def request(self) -> None:
-        """Render again even if the source did not change (e.g. a setting changed)."""
+    def request(self) -> int:
+        """Render again even if the source did not change (e.g. a setting changed).
+
+        Returns a ticket: once ``served >= ticket``, a frame reflecting the request is ready.
+        """
         with self._cv:
             self._dirty = True
+            self.requested += 1
             self._cv.notify_all()
+            return self.requested
 
-    def _command(self, fn: Callable[[SceneRenderer], None]) -> None:
+    def _command(self, fn: Callable[[SceneRenderer], None]) -> int:
         with self._cv:
             self._commands.append(fn)
             self._dirty = True
+            self.requested += 1
             self._cv.notify_all()
+            return self.requested
 
-    def move_camera(self, kind: str, dx: float, dy: float) -> None:
+    def wait_served(self, ticket: int, timeout: float = 30.0) -> bool:
+        """Block until a frame made after request ``ticket`` is ready; False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self.served < ticket:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def move_camera(self, kind: str, dx: float, dy: float) -> int:
         """Orbit / pan / zoom by a mouse motion (fractions of the image height)."""
-        self._command(lambda r: r.move_camera(kind, dx, dy))
+        return self._command(lambda r: r.move_camera(kind, dx, dy))
 
-    def set_preset(self, name: str) -> None:
+    def set_preset(self, name: str) -> int:
         """Camera preset: front, side, top or follow."""
 
         def apply(r: SceneRenderer) -> None:
             r.set_preset(name, self._data)
             self.preset = r.preset
 
-        self._command(apply)
+        return self._command(apply)
 
-    def set_layers(self, **changes: bool) -> None:
+    def set_layers(self, **changes: bool) -> int:
         self.layers = replace(self.layers, **changes)
-        self.request()
+        return self.request()
 
-    def configure(self, **changes) -> None:
+    def configure(self, **changes) -> int:
         """Change render settings (width, height, offsamples, shadows, skybox, reflection)."""
 
         def apply(r: SceneRenderer) -> None:
             r.configure(replace(r.settings, **changes))
             self.settings = replace(r.settings)
 
-        self._command(apply)
+        return self._command(apply)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -200,6 +220,7 @@ class FrameStream:
                     commands = list(self._commands)
                     self._commands.clear()
                     self._dirty = False
+                    ticket = self.requested
                 spec = self.source()
                 try:
                     if spec.model is not model:
@@ -215,6 +236,9 @@ class FrameStream:
                     self._render(renderer, spec, rgb)
                 except Exception as e:  # one bad frame must not end the render thread
                     self._report(e)
+                with self._cv:
+                    self.served = ticket
+                    self._cv.notify_all()
         finally:
             if renderer is not None:
                 renderer.close()

@@ -36,6 +36,7 @@ from core.render import Overlay
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 RANDOM_LABEL = "random weights"
+CUSTOM_LABEL = "custom networks"
 # Random-weight fallback networks: small, so the app is responsive before any checkpoint.
 _RANDOM_HIDDEN = (256, 256, 256, 256)
 _MAX_CANDIDATES = 64
@@ -282,6 +283,7 @@ class Session:
         self.episode = 0
         self.version = 0
         self.timings = Timings()
+        self._label = RANDOM_LABEL
         if checkpoint is not None:
             self._load(Path(checkpoint), env_name)
         else:
@@ -291,8 +293,9 @@ class Session:
     # --- reads --------------------------------------------------------------------------
     @property
     def label(self) -> str:
-        """What the policy is: the checkpoint's directory name, or "random weights"."""
-        return self.checkpoint_path.name if self.checkpoint_path else RANDOM_LABEL
+        """What the policy is: the checkpoint's directory name, "random weights" or
+        "custom networks"."""
+        return self.checkpoint_path.name if self.checkpoint_path else self._label
 
     @property
     def horizon(self) -> int:
@@ -436,6 +439,26 @@ class Session:
             raise
         return self.reset()
 
+    def use_networks(self, policy: VelocityField, critic: Critic) -> StepRecord:
+        """Drive the episode with these networks instead of a checkpoint (e.g. from a
+        notebook); their dims must fit the env. Resets."""
+        obs_dim, act_dim = self._env_dims(self.env)
+        if (policy.obs_dim, policy.env_action_dim) != (obs_dim, act_dim):
+            raise ValueError(
+                f"networks take obs/action dims ({policy.obs_dim}, {policy.env_action_dim}); "
+                f"{self.settings.env_name} has ({obs_dim}, {act_dim})"
+            )
+        if critic.action_dim != policy.action_dim:
+            raise ValueError(
+                f"critic takes {critic.action_dim} action dims, the policy samples "
+                f"{policy.action_dim}"
+            )
+        self.config = None
+        self.checkpoint_path = None
+        self._install(policy, critic)
+        self._label = CUSTOM_LABEL
+        return self.reset()
+
     def use_random_weights(self) -> StepRecord:
         """Drop the checkpoint: random networks for the current env (clearly labelled)."""
         self._random(self.settings.env_name)
@@ -551,6 +574,7 @@ class Session:
             self._random_networks(obs_dim, act_dim)
 
     def _random(self, env_name: str) -> None:
+        self._label = RANDOM_LABEL
         self.config = None
         self.checkpoint_path = None
         self.settings = replace(self.settings, env_name=env_name)
@@ -573,6 +597,7 @@ class Session:
         finally:
             torch.random.set_rng_state(gen_state)
         self._install(policy, critic)
+        self._label = RANDOM_LABEL
 
     def _install(self, policy: VelocityField, critic: Critic) -> None:
         device = torch.device(self.settings.device)

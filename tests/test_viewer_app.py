@@ -1,0 +1,226 @@
+"""viewer/app.py and ``qgf view``: the window under Xvfb, driven through its own callbacks."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from xvfb import require_display  # noqa: E402
+
+from core.render import EXECUTED_RGBA, time_color  # noqa: E402
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+ENV = "cube-single-play-singletask-task2-v0"
+
+
+@pytest.fixture(scope="module")
+def app():
+    require_display()
+    from viewer.app import ViewerApp
+    from viewer.session import Session, Settings
+
+    session = Session(settings=Settings(env_name=ENV, steps=6, candidates=6, weight=0.03))
+    a = ViewerApp(session)
+    a.build()
+    a._wait_first_frame()
+    yield a
+    a.close()
+
+
+def pump(app, until: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Run GUI frames until ``until()`` holds (fails the test on timeout)."""
+    end = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < end, "condition not reached in time"
+        app.frame()
+
+
+def settle(app, timeout: float = 60.0) -> None:
+    """Let the worker finish and the newest state reach the screen."""
+    assert app.worker.wait_idle(timeout)
+    pump(app, lambda: app.frame_spec is not None and app.frame_spec.version == app.session.version)
+    app.frame()
+
+
+def invoke(tag, value=None) -> None:
+    """Set a widget's value and call its callback, as Dear PyGui does on user input."""
+    import dearpygui.dearpygui as dpg
+
+    if value is not None and dpg.get_item_info(tag)["type"] != "mvAppItemType::mvKeyPressHandler":
+        dpg.set_value(tag, value)
+    cb = dpg.get_item_callback(tag)
+    cb(tag, value, dpg.get_item_user_data(tag))
+
+
+def scene_pixels(app, png: np.ndarray) -> np.ndarray:
+    """The scene image's region of a window screenshot."""
+    import dearpygui.dearpygui as dpg
+
+    x, y = (int(v) for v in dpg.get_item_rect_min(app._tags["image"]))
+    w, h = (int(v) for v in dpg.get_item_rect_size(app._tags["image"]))
+    return png[y : y + h, x : x + w, :3]
+
+
+def count_color(img: np.ndarray, rgba, tol: int = 30) -> int:
+    rgb = (np.asarray(rgba[:3]) * 255).astype(int)
+    return int((np.abs(img.astype(int) - rgb).max(axis=-1) < tol).sum())
+
+
+def test_opens_and_renders_frames(app):
+    assert app.frames_shown >= 1
+    assert app.frames.stats.frames >= 1
+    assert app._buffer.std() > 0.02  # the texture holds a real scene
+    n = app.gui_frames
+    for _ in range(5):
+        app.frame()
+    assert app.gui_frames == n + 5
+    import dearpygui.dearpygui as dpg
+
+    assert "RANDOM WEIGHTS" in dpg.get_value(app._tags["label"])
+
+
+def test_screenshot_not_blank_with_overlay_colors(app, tmp_path):
+    settle(app)
+    shot = iio.imread(app.screenshot(tmp_path / "shot.png"))
+    assert shot.ndim == 3 and shot.shape[0] >= 600 and shot[..., :3].std() > 10
+    scene = scene_pixels(app, shot)
+    assert scene.size and scene.std() > 10
+    yellow = count_color(scene, time_color(1.0))
+    white = count_color(scene, EXECUTED_RGBA, tol=12)
+    assert yellow > 10 and white > 10
+    # With every overlay layer off the same colours are gone from the scene.
+    for name in ("denoise", "final", "executed", "ghost", "gripper"):
+        app.toggle_layer(name)
+    assert app.frames.wait_served(app.frames.requested, 60)
+    app.frame()
+    bare = scene_pixels(app, iio.imread(app.screenshot(tmp_path / "bare.png")))
+    assert count_color(bare, time_color(1.0)) < yellow / 10
+    for name in ("denoise", "final", "executed", "ghost", "gripper"):
+        app.toggle_layer(name)
+
+
+def test_weight_slider_callback_redraws_candidates(app):
+    import dearpygui.dearpygui as dpg
+
+    settle(app)
+    before = app.frame_spec.overlay.final.copy()
+    assert dpg.get_value(app._tags["log"])  # log scale by default: slider holds log10 w
+    invoke(app._tags["weight_slider"], math.log10(0.8))
+    settle(app)
+    assert app.session.settings.weight == pytest.approx(0.8)
+    after = app.frame_spec.overlay.final
+    assert not np.allclose(before, after)
+    assert dpg.get_value(app._tags["weight_input"]) == pytest.approx(0.8, rel=1e-4)
+    # Linear scale: the same slider now holds w itself.
+    invoke(app._tags["log"], False)
+    invoke(app._tags["weight_slider"], 0.03)
+    settle(app)
+    assert app.session.settings.weight == pytest.approx(0.03)
+    assert np.allclose(app.frame_spec.overlay.final, before, atol=1e-5)
+    invoke(app._tags["log"], True)
+
+
+def test_step_reset_and_keys(app):
+    import dearpygui.dearpygui as dpg
+
+    settle(app)
+    start = app.session.step_index
+    app.single_step()
+    settle(app)
+    assert app.session.step_index == start + 1
+    assert app.frame_spec.record.index == start + 1
+    episode = app.session.episode
+    app.reset()
+    settle(app)
+    assert app.session.step_index == 0 and app.session.episode == episode + 1
+    # Space plays, space pauses; H shows the help.
+    key = app._tags["key_space"]
+    invoke(key)
+    assert app.worker.playing
+    pump(app, lambda: app.session.step_index >= 2)
+    invoke(key)
+    assert not app.worker.playing
+    invoke(app._tags["key_h"])
+    assert dpg.is_item_shown(app._tags["help"])
+    invoke(app._tags["key_escape"])
+    assert not dpg.is_item_shown(app._tags["help"])
+
+
+def test_estimator_and_task_switch(app):
+    import dearpygui.dearpygui as dpg
+
+    settle(app)
+    invoke(app._tags["estimator"], "ood")
+    settle(app)
+    assert app.frame_spec.record.sample.guided.estimator == "ood"
+    assert "Critic queried" in dpg.get_value(app._tags["estimator_doc"])
+    invoke(app._tags["estimator"], "qgf")
+    settle(app)
+    model = app.frame_spec.model
+    invoke(app._tags["env"], "cube-double-play-singletask-task1-v0")
+    settle(app, timeout=120)
+    assert app.session.current.obs.shape == (37,)
+    assert app.frame_spec.model is not model  # the renderer follows the new env
+    assert app._buffer.std() > 0.02
+    invoke(app._tags["env"], ENV)
+    settle(app, timeout=120)
+    assert app.session.current.obs.shape == (28,)
+    assert dpg.get_value(app._tags["env"]) == ENV
+
+
+def test_failing_callbacks_do_not_kill_the_app(app):
+    settle(app)
+    errors = app.errors
+    app.callback("boom", lambda *_: 1 / 0)()
+    invoke(app._tags["weight_input"], -1.0)  # a real widget given a bad value
+    app.command("bad command", lambda s: s.update(steps=-3))
+    assert app.worker.wait_idle(30)
+    pump(app, lambda: "bad command" in app.status_text())
+    assert app.errors >= errors + 3
+    assert "ERROR" in app.status_text()
+    # Still alive: it steps and shows the new state.
+    start = app.session.step_index
+    app.single_step()
+    settle(app)
+    assert app.session.step_index == start + 1
+
+
+def test_cli_frames_and_screenshot(tmp_path):
+    require_display()
+    out = tmp_path / "cli.png"
+    cmd = [
+        sys.executable,
+        "-m",
+        "core.cli",
+        "view",
+        "--random-weights",
+        "--frames",
+        "5",
+        "--screenshot",
+        str(out),
+    ]
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    img = iio.imread(out)
+    assert img.shape[0] == 800 and img.shape[1] == 1280 and img[..., :3].std() > 10
+    bad = subprocess.run(
+        cmd[:-2] + ["--screenshot", str(Path("/nonexistent-dir/x.png"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "cannot write" in bad.stderr

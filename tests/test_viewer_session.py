@@ -1,0 +1,341 @@
+"""viewer/session.py (and its threads, viewer/worker.py, viewer/frames.py), with no window."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import time  # noqa: E402
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from core import envs  # noqa: E402
+from core.guidance import ESTIMATORS, guided_sample  # noqa: E402
+from core.models import Critic, VelocityField  # noqa: E402
+from core.render import RenderSettings  # noqa: E402
+from viewer.session import (  # noqa: E402
+    RANDOM_LABEL,
+    Session,
+    Settings,
+    noise_seed,
+)
+
+pytestmark = pytest.mark.slow
+
+ENV = "cube-single-play-singletask-task2-v0"
+BASE = Settings(env_name=ENV, weight=0.05, steps=5, candidates=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def shared() -> Session:
+    s = Session(settings=BASE)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def session(shared: Session) -> Session:
+    """The module's session, back at the base settings and a fresh episode."""
+    shared.settings = BASE
+    shared.reset()
+    return shared
+
+
+def test_opens_with_random_weights_labelled(session):
+    assert session.label == RANDOM_LABEL and session.config is None
+    rec = session.current
+    assert rec.index == 0 and not rec.executed
+    assert rec.obs.shape == (28,)
+    assert session.frame().record is rec
+
+
+def test_sample_shapes_and_shared_noise(session):
+    sample = session.current.sample
+    t, n, h = BASE.steps, BASE.candidates, session.horizon
+    assert sample.guided.a_t.shape == (t + 1, n, 5 * h)
+    assert sample.ee_denoise.shape == (t, n, h, 3)
+    assert sample.ee_final.shape == sample.ee_ghost.shape == (n, h, 3)
+    assert sample.gripper.shape == (n, h)
+    # Guided and ghost start from the same noise, drawn from (seed, step).
+    assert torch.equal(sample.guided.a_t[0], sample.unguided.a_t[0])
+    expected = torch.randn(n, 5 * h, generator=torch.Generator().manual_seed(noise_seed(0, 0)))
+    assert torch.equal(sample.noise, expected)
+    assert np.allclose(sample.origin, envs.effector_state(session.env)[0])
+
+
+def test_ghost_is_exactly_unguided_sampling(session):
+    rec = session.current
+    obs = torch.as_tensor(rec.obs, dtype=torch.float32)[None]
+    plain = guided_sample(
+        session.policy,
+        session.critic,
+        obs,
+        estimator="none",
+        weight=0.0,
+        steps=BASE.steps,
+        noise=rec.sample.noise,
+        best_of=BASE.candidates,
+    )
+    assert torch.equal(rec.sample.unguided.final, plain.final)
+
+
+def test_targets_use_the_env_mapping(session):
+    sample = session.current.sample
+    n, h = BASE.candidates, session.horizon
+    final = sample.guided.final.numpy().reshape(n, h, 5)
+    expected = envs.action_to_ee_targets(session.env, final)
+    assert np.allclose(sample.ee_final, expected.xyz, atol=1e-6)
+    assert np.allclose(sample.gripper, expected.gripper, atol=1e-6)
+
+
+def test_weight_change_resamples_same_noise_new_candidates(session):
+    before = session.current.sample
+    version = session.version
+    session.update(weight=2.0)
+    after = session.current.sample
+    assert session.version > version
+    assert torch.equal(before.noise, after.noise)
+    assert torch.equal(before.unguided.final, after.unguided.final)
+    assert not np.allclose(before.ee_final, after.ee_final)
+    assert session.frame().overlay.final is after.ee_final or np.allclose(
+        session.frame().overlay.final, after.ee_final
+    )
+
+
+def test_weight_zero_guided_equals_ghost(session):
+    session.update(weight=0.0)
+    sample = session.current.sample
+    assert torch.equal(sample.guided.final, sample.unguided.final)
+
+
+def test_step_records_and_advances(session):
+    first = session.current
+    rec = session.step()
+    assert rec.executed and rec.index == 0
+    assert rec.action.shape == (5,)
+    assert np.allclose(rec.action, first.sample.chunk[0])
+    assert rec.reward is not None and rec.success is not None
+    assert session.history == [rec]
+    assert session.current.index == 1
+    assert not np.array_equal(session.current.obs, first.obs)
+    curves = session.episode_curves()
+    assert curves["q"].tolist() == [rec.q] and curves["v"].tolist() == [rec.v]
+
+
+def test_snapshot_restores_the_recorded_state(session):
+    for _ in range(3):
+        session.step()
+    rec = session.history[1]
+    obs = envs.restore(session.env, rec.snapshot)
+    assert np.allclose(obs, rec.obs)
+    replay, *_ = session.env.step(rec.action)
+    assert np.allclose(replay, session.history[2].obs)
+
+
+def test_reset_with_same_seed_repeats_the_episode(session):
+    a = session.reset(seed=3)
+    for _ in range(2):
+        session.step()
+    obs_a = session.current.obs.copy()
+    b = session.reset(seed=3)
+    assert np.array_equal(a.obs, b.obs)
+    for _ in range(2):
+        session.step()
+    assert np.array_equal(session.current.obs, obs_a)
+    assert session.history[0].index == 0 and session.step_index == 2
+
+
+def test_best_of_executes_argmax_q(session):
+    session.update(best_of=True)
+    sample = session.current.sample
+    assert sample.executed == int(sample.guided.q_final.argmax())
+    session.update(best_of=False)
+    assert session.current.sample.executed == 0
+
+
+def test_every_registered_estimator(session):
+    for name in ESTIMATORS:
+        session.update(estimator=name)
+        sample = session.current.sample
+        assert sample.guided.estimator == name
+        assert np.isfinite(sample.ee_final).all()
+
+
+def test_bad_settings_are_refused_and_nothing_changes(session):
+    before = session.settings
+    for bad in ({"steps": 0}, {"candidates": 0}, {"estimator": "nope"}, {"weight": -1.0}):
+        with pytest.raises(ValueError):
+            session.update(**bad)
+        assert session.settings == before
+    with pytest.raises(ValueError, match="unknown settings"):
+        session.update(colour="red")
+
+
+def test_chunked_networks_execute_open_loop(session):
+    torch.manual_seed(0)
+    policy = VelocityField(28, 5, hidden=(64, 64), horizon=3)
+    critic = Critic(28, 15, hidden=(64, 64))
+    session.use_networks(policy, critic)
+    try:
+        first = session.current
+        assert first.sample.ee_final.shape == (BASE.candidates, 3, 3)
+        r0, r1 = session.step(), session.step()
+        assert r1.sample is r0.sample and (r0.chunk_step, r1.chunk_step) == (0, 1)
+        assert np.allclose(r1.action, first.sample.chunk[1])
+        r2 = session.step()
+        assert r2.chunk_step == 2
+        assert session.current.sample is not r0.sample  # a new chunk at step 3
+        # A weight change resamples from here: a new chunk starts at the current step.
+        session.step()
+        session.update(weight=0.2)
+        assert session.current.chunk_step == 0
+        with pytest.raises(ValueError, match="dims"):
+            session.use_networks(VelocityField(30, 5, hidden=(8,)), Critic(30, 5, hidden=(8,)))
+    finally:
+        session.use_random_weights()
+    assert session.label == RANDOM_LABEL
+
+
+def test_task_and_env_switch():
+    s = Session(settings=BASE)
+    try:
+        s.step()
+        s.set_env("cube-single-play-singletask-task3-v0")
+        assert s.settings.env_name.endswith("task3-v0")
+        assert s.step_index == 0 and s.current.obs.shape == (28,)
+        s.set_env("cube-double-play-singletask-task1-v0")
+        assert s.current.obs.shape == (37,) and s.policy.obs_dim == 37
+        frame = s.frame()
+        assert frame.physics.shape == (
+            mujoco.mj_stateSize(frame.model, mujoco.mjtState.mjSTATE_INTEGRATION),
+        )
+        with pytest.raises(ValueError):
+            s.set_env("cube-single-play-singletask-task99-v0")
+        assert s.settings.env_name == "cube-double-play-singletask-task1-v0"
+    finally:
+        s.close()
+
+
+def _tiny_checkpoint(path, env: str, obs_dim: int):
+    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+
+    config = CheckpointConfig(
+        env=env,
+        dataset=envs.parse_name(env).dataset_name,
+        task=envs.parse_name(env).task_id,
+        obs_dim=obs_dim,
+        action_dim=5,
+        horizon=1,
+        hidden=[32, 32],
+        layer_norm=True,
+        time_dim=16,
+        q_ensemble=2,
+        flow_steps=10,
+        training_steps=0,
+        data_fingerprint={},
+    )
+    policy, critic = config.build_policy(), config.build_critic()
+    sample = DatasetSample(np.zeros((4, obs_dim), np.float32), np.zeros((4, 5), np.float32))
+    return save_checkpoint(path, config, policy, critic, critic, sample)
+
+
+def test_checkpoint_open_and_mismatch(session, tmp_path):
+    good = _tiny_checkpoint(tmp_path / "good", ENV, 28)
+    bad = _tiny_checkpoint(tmp_path / "bad", "cube-double-play-singletask-task1-v0", 37)
+    try:
+        session.load_checkpoint(good)
+        assert session.label == "good" and session.config.env == ENV
+        assert session.current.index == 0
+        session.step()
+        # A checkpoint for another env is refused when forced onto this one ...
+        with pytest.raises(Exception, match="37"):
+            Session(bad, settings=BASE, env_name=ENV)
+        # ... and a task switch to an env it does not fit is refused, nothing changed.
+        with pytest.raises(Exception, match="37|28"):
+            session.set_env("cube-double-play-singletask-task1-v0")
+        assert session.settings.env_name == ENV and session.label == "good"
+        with pytest.raises(Exception):  # noqa: B017 (any CheckpointError or OSError)
+            session.load_checkpoint(tmp_path / "missing")
+        assert session.label == "good"
+    finally:
+        session.use_random_weights()
+
+
+# --- the worker thread ------------------------------------------------------------------
+
+
+def test_worker_coalesces_and_survives_errors(session):
+    from viewer.worker import Worker
+
+    errors = []
+    w = Worker(session, on_error=errors.append)
+    try:
+        block = []
+        w.submit("hold", lambda s: block.append(time.sleep(0.3)))
+        ran = []
+        for i in range(5):
+            w.submit("sample", lambda s, i=i: ran.append(i))
+        assert w.wait_idle(30)
+        assert ran == [4]  # only the newest of a key runs
+        w.submit("boom", lambda s: 1 / 0)
+        w.submit("after", lambda s: ran.append("after"))
+        assert w.wait_idle(30)
+        assert ran[-1] == "after"
+        assert errors and "ZeroDivisionError" in errors[0].message and errors[0].what == "boom"
+    finally:
+        w.close()
+
+
+def test_worker_plays_and_pauses(session):
+    from viewer.worker import Worker
+
+    w = Worker(session)
+    try:
+        w.set_speed(0)
+        w.play()
+        end = time.monotonic() + 60
+        while session.step_index < 3 and time.monotonic() < end:
+            time.sleep(0.02)
+        w.pause()
+        assert w.wait_idle(30)
+        steps = session.step_index
+        assert steps >= 3
+        time.sleep(0.2)
+        assert session.step_index == steps
+    finally:
+        w.close()
+
+
+# --- the render thread ------------------------------------------------------------------
+
+
+def test_frame_stream_renders_new_states_and_calls_hooks(session):
+    from viewer.frames import FrameStream
+
+    stream = FrameStream(session.frame, RenderSettings(160, 120))
+    seen = []
+    stream.frame_hooks.append(lambda rgb, spec: seen.append((rgb.dtype, rgb.shape, spec.version)))
+    try:
+        assert stream.wait_frame(0, 60)
+        out = np.zeros((120, 160, 3), np.float32)
+        spec = stream.take(out)
+        assert spec is not None and spec.version == session.version
+        assert out.min() >= 0.0 and out.max() <= 1.0 and out.std() > 0.01
+        assert stream.take(out) is None  # nothing new
+        frames = stream.stats.frames
+        session.step()
+        assert stream.wait_frame(frames, 60)
+        assert stream.take(out).version == session.version
+        assert seen[-1] == (np.uint8, (120, 160, 3), session.version)
+        stream.configure(width=200, height=100)
+        frames = stream.stats.frames
+        assert stream.wait_frame(frames, 60)
+        assert stream.latest_shape() == (100, 200, 3)
+        assert stream.take(out) is None  # a buffer of the old size is not written
+        assert stream.take(np.zeros((100, 200, 3), np.float32)) is not None
+    finally:
+        stream.close()
