@@ -17,6 +17,7 @@ the table gives the median of each and their ratio (target: record >= 0.8 of ren
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -71,13 +72,14 @@ def _networks(checkpoint: str | None, device: str):
     return policy, critic, DEFAULT_ENV, 10, f"random networks {list(_RANDOM_HIDDEN)}"
 
 
-def _render_encode(recording, frames: int, out: Path) -> float:
-    """Frames per second of rendering every panel (no overlay), tiling and encoding."""
+def _render_encode(recording, frames: int, out: Path) -> tuple[float, float]:
+    """Rendering every panel (no overlay), tiling and encoding: (frames/s, CPU s per frame)."""
     from core.video import VideoWriter, tile
 
     s = recording.settings
     panels = [r.image[: s.height].copy() for r in recording.runs]
     grid = None
+    cpu = time.process_time()
     start = time.perf_counter()
     with VideoWriter(out, s.fps, crf=s.crf, preset=s.preset) as video:
         for _ in range(frames):
@@ -85,7 +87,8 @@ def _render_encode(recording, frames: int, out: Path) -> float:
                 run.renderer.render(run.env.unwrapped._data, out=buf)
             grid = tile(panels, s.grid_cols, out=grid)
             video.write(grid)
-    return frames / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return frames / wall, (time.process_time() - cpu) / frames
 
 
 def _row(policy, critic, env_name, steps, weights, args, tmp: Path) -> dict:
@@ -103,18 +106,22 @@ def _row(policy, critic, env_name, steps, weights, args, tmp: Path) -> dict:
         height=height,
         hold_s=0.0,
     )
-    record_fps, base_fps, parts = [], [], []
+    record_fps, base_fps, record_cpu, base_cpu, parts = [], [], [], [], []
     with Recording(policy, critic, env_name, settings, args.device) as recording:
         gl = recording.runs[0].renderer.gl_vendor or "unknown GL"
         # Warm-up: first renders compile shaders and upload meshes; first samples warm torch.
         recording.run(VideoWriter(tmp / "warm.mp4", settings.fps), progress=False)
         for _ in range(args.repeats):
             sampler_before = recording.sampler_s
+            cpu = time.process_time()
             result = recording.run(VideoWriter(tmp / "record.mp4", settings.fps), progress=False)
             # Steps + 1 frames: the episode's final state is drawn too.
             frames = result.frames
+            record_cpu.append((time.process_time() - cpu) / frames)
             record_fps.append(frames / result.wall_s)
-            base_fps.append(_render_encode(recording, frames, tmp / "base.mp4"))
+            fps, cpu_per_frame = _render_encode(recording, frames, tmp / "base.mp4")
+            base_fps.append(fps)
+            base_cpu.append(cpu_per_frame)
             seconds = dict(result.seconds)
             seconds["sampler (worker)"] = recording.sampler_s - sampler_before
             parts.append({k: 1e3 * v / frames for k, v in seconds.items()})
@@ -125,6 +132,7 @@ def _row(policy, critic, env_name, steps, weights, args, tmp: Path) -> dict:
         "record": record,
         "base": base,
         "ratio": record / base,
+        "cpu_ratio": statistics.median(base_cpu) / statistics.median(record_cpu),
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
         "gl": gl,
     }
@@ -146,13 +154,22 @@ def run(args: argparse.Namespace) -> int:
         f"N={args.candidates}, {args.size} per panel, {args.frames} steps, "
         f"torch threads {args.threads}, device {args.device}, GL: {rows[0]['gl']}"
     )
-    print(f"{'panels':>6} {'record fps':>11} {'render+encode fps':>18} {'ratio':>6}  target")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{'panels':>6} {'record fps':>11} {'render+encode fps':>18} {'ratio':>6} "
+        f"{'cpu ratio':>10}  target"
+    )
     for r in rows:
         ok = "ok" if r["ratio"] >= TARGET_RATIO else "BELOW"
         print(
-            f"{r['panels']:>6} {r['record']:>11.2f} {r['base']:>18.2f} {r['ratio']:>6.2f}  "
-            f">= {TARGET_RATIO} {ok}"
+            f"{r['panels']:>6} {r['record']:>11.2f} {r['base']:>18.2f} {r['ratio']:>6.2f} "
+            f"{r['cpu_ratio']:>10.2f}  >= {TARGET_RATIO} {ok}"
         )
+    print(
+        "cpu ratio: CPU time per frame of render + encode over that of record, all threads of "
+        "this process (ffmpeg's own process not counted); what the fps ratio tends to when "
+        "the cores are saturated, e.g. by other processes."
+    )
     print("record loop, ms per frame (main thread; the sampler runs on its own thread):")
     for r in rows:
         parts = "  ".join(f"{k} {v:.1f}" for k, v in r["parts"].items())

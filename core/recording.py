@@ -13,11 +13,14 @@ Fair comparison is the point, so every panel of an episode
 
 - starts from the same state: each panel has its own env, reset with the same seed (which
   fixes OGBench's task and start state), and the starts are checked to be identical;
-- denoises from the same noise: at env step ``k`` of episode ``e`` every panel draws its
-  initial noise ``a_0 [N, A]`` from one generator seeded by ``(seed, e, k)``;
+- denoises from the same noise: at env step ``k`` of episode ``e`` every panel's initial
+  noise ``a_0 [N, A]`` comes from a generator seeded by ``noise_seed(seed + e, k)``;
 
-so panels differ only through the weight and estimator (and the states those lead to). Two
-panels with the same settings give identical pixels.
+so panels differ only through the weight and estimator (and the states those lead to). Each
+panel is sampled in a call of its own, the viewer's ``[guided, ghost]`` call: a panel's
+numbers do not depend on the other panels of the grid, two panels with the same settings
+give identical pixels, and a panel replays exactly what ``qgf view`` shows with the same
+seed, weight, estimator, T and N.
 
 Frames: frame ``k`` of an episode shows state ``s_k`` with the candidates sampled there (for
 chunked policies the chunk sampled at its first step stays drawn while it executes). A panel
@@ -98,7 +101,8 @@ class RecordSettings:
         weights, estimators: the grid; one panel per (weight, estimator), estimator-major
             (with ``cols = len(weights)`` each row is one estimator).
         episodes: episodes recorded one after another.
-        seed: episode ``e`` starts from ``reset(seed + e)`` and draws noise from ``(seed, e, k)``.
+        seed: episode ``e`` starts from ``reset(seed + e)``; its step ``k`` draws noise from
+            ``noise_seed(seed + e, k)`` (as the viewer with seed ``seed + e``).
         steps: Euler steps T of the sampler.
         candidates: N candidates sampled (and drawn) per step.
         best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0, which
@@ -293,8 +297,9 @@ class RecordResult:
         size: ``(width, height)`` of the video.
         episodes: one ``PanelEpisode`` per panel per episode, episode-major.
         wall_s: seconds from the first env reset to the closed file.
-        seconds: time per part (``policy``, ``env``, ``overlay``, ``render``, ``caption``,
-            ``encode``), summed over the recording.
+        seconds: main-thread time per part, summed over the recording: ``policy`` (waiting
+            for the sampler thread), ``overlay``, ``env``, ``render``, ``caption``, ``encode``
+            (tiling and writing).
     """
 
     path: Path
@@ -322,9 +327,9 @@ class _Clock:
         self._t = now
 
 
-@dataclass
+@dataclass(eq=False)
 class _PanelRun:
-    """One panel's live state during an episode."""
+    """One panel's live state during an episode (compared by identity)."""
 
     panel: Panel
     env: Any
@@ -359,8 +364,9 @@ class Recording:
     Create, use and close it on one thread: the renderers' GL contexts belong to it. The
     sampler runs on a worker thread, one step ahead: while frame ``k`` is rendered, the
     candidates of step ``k + 1`` are sampled (each panel's shown state is a copy, so the env
-    can step on). Rendering is geometry-bound on one core of software GL, so this hides most
-    of the policy's cost.
+    can step on). Software GL is geometry-bound on one core, so with a core to spare the
+    sampler's time hides behind rendering; on cores saturated by other work it cannot, and
+    recording runs at the pace of the total CPU work (``benchmarks/record.py`` shows both).
 
     Args:
         policy: velocity field ``(obs [B,O], a_t [B,A], t [B]) -> [B,A]`` with ``.action_dim``.
