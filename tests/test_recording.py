@@ -270,3 +270,44 @@ def test_a_panel_replays_what_the_viewer_shows_for_the_same_seed(tmp_path: Path)
         result = recording.run(video, progress=False)
     assert result.episodes[0].q == viewer_q
     assert np.array_equal(result.episodes[0].actions, viewer_actions)
+
+
+def save_tiny_checkpoint(path: Path, horizon: int) -> Path:
+    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+
+    config = CheckpointConfig(
+        env=ENV,
+        dataset="cube-single-play-v0",
+        task=2,
+        obs_dim=28,
+        action_dim=5,
+        horizon=horizon,
+        hidden=[32, 32],
+        layer_norm=True,
+        time_dim=16,
+        q_ensemble=2,
+        flow_steps=3,
+        training_steps=0,
+        data_fingerprint={},
+    )
+    torch.manual_seed(horizon)
+    rng = np.random.default_rng(0)
+    sample = DatasetSample(
+        rng.normal(size=(300, 28)).astype(np.float32),
+        rng.uniform(-1, 1, size=(300, 5)).astype(np.float32),
+    )
+    policy, critic = config.build_policy(), config.build_critic()
+    return save_checkpoint(path, config, policy, critic, critic, sample)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_cli_records_a_checkpoint(tmp_path: Path, horizon: int) -> None:
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", horizon)
+    out = tmp_path / "ckpt.mp4"
+    args = ["record", str(checkpoint), "--weights", "0,0.1", "--max-steps", "3"]
+    args += ["--size", f"{W}x{H}", "--candidates", "2", "--hold", "0", "--quiet"]
+    args += ["--out", str(out)]
+    assert qgf(args) == 0
+    height = H + caption_height(W)
+    assert iio.imread(out).shape[:3] == (4, height + height % 2, 2 * W + 2)

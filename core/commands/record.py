@@ -183,8 +183,11 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads < 1:
         return fail(f"--threads must be >= 1, got {args.threads}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return fail(f"--device {device}: CUDA is not available here")
     # Everything that can be wrong is found here, before the first env or frame.
     try:
+        path = None
         if args.random_weights:
             env_name = args.env or DEFAULT_ENV
             parse_name(env_name)
@@ -206,9 +209,17 @@ def run(args: argparse.Namespace) -> int:
     if policy is None:
         policy, critic = _random_networks(env_name, device, args.seed)
         label += ", random weights"
+    off_manifold = None
+    if path is not None and settings.layers.off_manifold:
+        from core.manifold import DataManifold
+
+        # Calibrated on the checkpoint's own dataset sample, as the other tools do.
+        off_manifold = DataManifold.from_checkpoint(path, device=device).off_manifold
     try:
         # The command holds the writer itself, to say where an interrupted recording went.
-        with Recording(policy, critic, env_name, settings, device, label=label) as recording:
+        with Recording(
+            policy, critic, env_name, settings, device, off_manifold=off_manifold, label=label
+        ) as recording:
             result = recording.run(video, progress=not args.quiet)
     except KeyboardInterrupt:
         kept = video.kept
