@@ -53,11 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _networks(checkpoint: str | None, device: str):
     """``(policy, critic, env_name, steps, label)``: a checkpoint's, else random ones."""
     from core.checkpoints import load_checkpoint
-    from core.commands.record import CHECKPOINT_ROOT, DEFAULT_ENV
+    from core.commands.record import DEFAULT_ENV, default_checkpoint
     from core.models import Critic, VelocityField
 
-    path = Path(checkpoint) if checkpoint else CHECKPOINT_ROOT / DEFAULT_ENV
-    if (path / "config.json").exists():
+    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    if path is not None and (path / "config.json").exists():
         policy, critic, config = load_checkpoint(path, device)
         return policy, critic, config.env, config.flow_steps, f"checkpoint {path.name}"
     if checkpoint:

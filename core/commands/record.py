@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint",
         nargs="?",
         help=f"checkpoint directory, or the name of one in {CHECKPOINT_ROOT} "
-        f"(default: {DEFAULT_ENV})",
+        f"(default: the one shipped for {DEFAULT_ENV})",
     )
     parser.add_argument(
         "--out", default="record.mp4", help="output .mp4 or .gif (default %(default)s)"
@@ -116,13 +116,34 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def default_checkpoint() -> Path | None:
+    """The shipped checkpoint for ``DEFAULT_ENV``: the first directory in ``checkpoints/``
+    (by name) whose config names that env, whatever the directory is called."""
+    import json
+
+    for config in sorted(CHECKPOINT_ROOT.glob("*/config.json")):
+        try:
+            if json.loads(config.read_text()).get("env") == DEFAULT_ENV:
+                return config.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _checkpoint_path(arg: str | None) -> Path:
-    path = Path(arg) if arg else CHECKPOINT_ROOT / DEFAULT_ENV
-    if not path.exists() and arg and (CHECKPOINT_ROOT / arg).exists():
+    if arg is None:
+        path = default_checkpoint()
+        if path is None:
+            raise ValueError(
+                f"no shipped checkpoint for {DEFAULT_ENV} in {CHECKPOINT_ROOT}; "
+                "pass a checkpoint or --random-weights"
+            )
+        return path
+    path = Path(arg)
+    if not path.exists() and (CHECKPOINT_ROOT / arg).exists():
         path = CHECKPOINT_ROOT / arg
     if not path.exists():
-        hint = "" if arg else " (no shipped default; pass a checkpoint or --random-weights)"
-        raise ValueError(f"checkpoint {str(path)!r} not found{hint}")
+        raise ValueError(f"checkpoint {str(path)!r} not found")
     return path
 
 
