@@ -11,7 +11,9 @@ the container is finalised with the frames recorded so far and kept as
 name is not touched, so an older complete file there survives. If nothing was recorded, or
 the partial file could not be finalised (the encoder died, a second Ctrl-C), nothing is kept.
 ``keep_partial=False`` keeps nothing at all. ffmpeg runs in its own process group, so the
-Ctrl-C that reaches Python does not kill it before it can finalise.
+Ctrl-C that reaches Python does not kill it before it can finalise. A process killed outright
+(SIGKILL, power loss) can leave the hidden temporary file ``.<name>.<random>.tmp<ext>``
+behind, never a file under the final name.
 
 Everything that can be checked about the output (extension, directory, permission, options)
 is checked when the writer is constructed, before a caller renders any frame.
