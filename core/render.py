@@ -52,6 +52,8 @@ NONFINITE_RGBA = (1.0, 0.0, 1.0, 1.0)
 GRIPPER_OPEN_RGBA = (0.1, 0.95, 0.35, 0.9)
 GRIPPER_CLOSE_RGBA = (1.0, 0.55, 0.0, 0.9)
 
+_FAST_SLICES, _FAST_STACKS = 8, 4
+
 CAMERA_PRESETS = ("front", "side", "top", "follow")
 # Free-camera poses (azimuth deg, elevation deg, distance m) around the workspace centre.
 # "front" matches OGBench's own front camera; "follow" keeps its pose but tracks the effector.
@@ -84,6 +86,10 @@ class RenderSettings:
         width, height: image size in pixels.
         offsamples: multisample anti-aliasing samples (0 = off; MuJoCo's default is 4).
         shadows, skybox, reflection: MuJoCo scene flags.
+        slices, stacks: tessellation of spheres and capsules (None: the model's own, MuJoCo's
+            default 28 x 16). Software GL is geometry-bound: a step's ~200-600 overlay
+            spheres and capsules at the default cost about as much as the whole robot; at
+            8 x 4 they are nearly free and look the same at overlay sizes.
     """
 
     width: int = 640
@@ -92,13 +98,15 @@ class RenderSettings:
     shadows: bool = False
     skybox: bool = False
     reflection: bool = False
+    slices: int | None = None
+    stacks: int | None = None
 
     @classmethod
     def for_gl(cls, software: bool, width: int = 640, height: int = 480) -> RenderSettings:
         """Fast defaults on software GL (llvmpipe is geometry-bound: MSAA and shadows cost
-        ~5x), MuJoCo's own quality defaults on a GPU."""
+        ~5x, default tessellation ~2x), MuJoCo's own quality defaults on a GPU."""
         if software:
-            return cls(width, height, offsamples=0, shadows=False, skybox=False, reflection=False)
+            return cls(width, height, offsamples=0, slices=_FAST_SLICES, stacks=_FAST_STACKS)
         return cls(width, height, offsamples=4, shadows=True, skybox=True, reflection=True)
 
 
@@ -329,6 +337,21 @@ def draw_overlay(
     return w.dropped
 
 
+def preset_camera(name: str, camera: mujoco.MjvCamera | None = None) -> mujoco.MjvCamera:
+    """A free camera (``camera`` updated in place, or a new one) at a preset pose: front,
+    side, top, or follow (follow's look-at point is the effector's, set when rendering)."""
+    if name not in _PRESET_POSES:
+        raise ValueError(f"unknown camera preset {name!r}; choose from {CAMERA_PRESETS}")
+    cam = camera if camera is not None else mujoco.MjvCamera()
+    azimuth, elevation, distance = _PRESET_POSES[name]
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.fixedcamid = -1
+    cam.trackbodyid = -1
+    cam.azimuth, cam.elevation, cam.distance = azimuth, elevation, distance
+    cam.lookat[:] = _WORKSPACE_CENTRE
+    return cam
+
+
 class SceneRenderer:
     """Renders a model's scene from a free camera, with overlays.
 
@@ -338,9 +361,10 @@ class SceneRenderer:
     Args:
         model: the ``MjModel`` to render. Its offscreen buffer is enlarged to fit
             ``settings`` when needed.
-        settings: resolution and quality; None picks ``RenderSettings.for_gl`` after
-            probing whether GL is a software renderer.
+        settings: resolution and quality; None picks ``RenderSettings.for_gl`` (of size
+            ``size``) after probing whether GL is a software renderer.
         effector_site: site the "follow" camera tracks.
+        size: ``(width, height)`` when ``settings`` is None (default 640 x 480).
     """
 
     def __init__(
@@ -348,16 +372,17 @@ class SceneRenderer:
         model: mujoco.MjModel,
         settings: RenderSettings | None = None,
         effector_site: str = EFFECTOR_SITE,
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.model = model
         self._renderer: mujoco.Renderer | None = None
         self.gl_vendor = ""
-        probe = settings or RenderSettings()
+        probe = settings or RenderSettings(*(size or (640, 480)))
         self._open(probe)
         self.software_gl = _is_software(self.gl_vendor)
         if settings is None:
             settings = RenderSettings.for_gl(self.software_gl, probe.width, probe.height)
-            if settings.offsamples != probe.offsamples:
+            if settings != probe:
                 self._open(settings)
         self.settings = settings
         self.option = mujoco.MjvOption()
@@ -376,6 +401,10 @@ class SceneRenderer:
         vis.global_.offwidth = max(vis.global_.offwidth, settings.width)
         vis.global_.offheight = max(vis.global_.offheight, settings.height)
         vis.quality.offsamples = settings.offsamples
+        if settings.slices is not None:
+            vis.quality.numslices = settings.slices
+        if settings.stacks is not None:
+            vis.quality.numstacks = settings.stacks
         self._renderer = mujoco.Renderer(self.model, height=settings.height, width=settings.width)
         self.gl_vendor = _gl_renderer_string()
 
@@ -392,13 +421,11 @@ class SceneRenderer:
         self.close()
 
     def configure(self, settings: RenderSettings) -> None:
-        """Apply new settings; size and anti-aliasing need a new GL context, flags do not."""
+        """Apply new settings; size, anti-aliasing and tessellation need a new GL context
+        (they are baked into it), scene flags do not."""
         old = self.settings
-        if (settings.width, settings.height, settings.offsamples) != (
-            old.width,
-            old.height,
-            old.offsamples,
-        ):
+        context = ("width", "height", "offsamples", "slices", "stacks")
+        if any(getattr(settings, k) != getattr(old, k) for k in context):
             self._open(settings)
         self.settings = replace(settings)
 
@@ -419,17 +446,9 @@ class SceneRenderer:
     # --- camera -----------------------------------------------------------------------
     def set_preset(self, name: str, data: mujoco.MjData | None = None) -> None:
         """Move the free camera to a preset: front, side, top, or follow (the effector)."""
-        if name not in _PRESET_POSES:
-            raise ValueError(f"unknown camera preset {name!r}; choose from {CAMERA_PRESETS}")
-        azimuth, elevation, distance = _PRESET_POSES[name]
-        cam = self.camera
-        cam.type = mujoco.mjtCamera.mjCAMERA_FREE
-        cam.fixedcamid = -1
-        cam.trackbodyid = -1
-        cam.azimuth, cam.elevation, cam.distance = azimuth, elevation, distance
-        cam.lookat[:] = _WORKSPACE_CENTRE
+        preset_camera(name, self.camera)
         if name == "follow" and data is not None and self._effector_id >= 0:
-            cam.lookat[:] = data.site_xpos[self._effector_id]
+            self.camera.lookat[:] = data.site_xpos[self._effector_id]
         self.preset = name
 
     def move_camera(self, kind: str, dx: float, dy: float) -> None:

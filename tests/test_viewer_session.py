@@ -339,3 +339,21 @@ def test_frame_stream_renders_new_states_and_calls_hooks(session):
         assert stream.take(np.zeros((100, 200, 3), np.float32)) is not None
     finally:
         stream.close()
+
+
+def test_weight_change_reuses_the_unguided_candidates(session):
+    before = session.current.sample
+    session.update(weight=0.5)
+    after = session.current.sample
+    assert after.unguided is before.unguided  # not sampled again: same state, seed, T, N
+    assert np.array_equal(after.q_denoise_ghost, before.q_denoise_ghost)
+    session.update(steps=BASE.steps + 1)
+    assert session.current.sample.unguided.steps == BASE.steps + 1
+    # Q along denoising is Q(s, a_hat) then Q(s, final), for guided and unguided alike.
+    sample = session.current.sample
+    obs = torch.as_tensor(session.current.obs, dtype=torch.float32)[None]
+    q_final = session.critic(obs.expand(BASE.candidates, -1), sample.guided.final)
+    assert np.allclose(sample.q_denoise[-1], q_final.numpy(), atol=1e-5)
+    assert np.allclose(sample.q_denoise[-1], sample.guided.q_final.numpy(), atol=1e-5)
+    q_hat0 = session.critic(obs.expand(BASE.candidates, -1), sample.unguided.a_hat[0])
+    assert np.allclose(sample.q_denoise_ghost[0], q_hat0.numpy(), atol=1e-5)

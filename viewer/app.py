@@ -55,6 +55,11 @@ ERROR_SECONDS = 20.0
 W_LINEAR_MAX = 0.3
 W_LOG_MIN, W_LOG_MAX = -3.0, 0.0
 WEIGHT_STEP = 1.25
+# GUI redraw rates (paced_frame): at most MAX_GUI_FPS; when nothing new is shown and there
+# was no input for ACTIVE_SECONDS, IDLE_GUI_FPS.
+MAX_GUI_FPS = 30.0
+IDLE_GUI_FPS = 10.0
+ACTIVE_SECONDS = 0.5
 _SCREENSHOT_SETTLE_FRAMES = 3
 # Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
 _FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -123,10 +128,14 @@ class ViewerApp:
         self._pending_errors: deque[str] = deque()
         self._fit = render is None
         self._scene_w, self._scene_h = self._scene_area()
-        if render is None:
-            render = RenderSettings(width=self._scene_w, height=self._scene_h)
         self.worker = Worker(session, on_error=self._worker_error)
-        self.frames = FrameStream(session.frame, render, on_error=self._pending_errors.append)
+        self.frames = FrameStream(
+            session.frame,
+            render,
+            on_error=self._pending_errors.append,
+            size=(self._scene_w, self._scene_h),
+        )
+        self.worker.after_command.append(self.frames.wake)
         self.frame_spec: FrameSpec | None = None
         self.frames_shown = 0
         self.gui_frames = 0
@@ -136,7 +145,10 @@ class ViewerApp:
         self._drag: tuple[int, float, float] | None = None
         self._upload_ms = 0.0
         self._gui_ms = 0.0
-        self._last_frame_time = time.perf_counter()
+        self._last_draw = 0.0
+        self._last_input = 0.0
+        self._mouse_last: tuple[float, ...] = ()
+        self._rendered_seen = 0
         self._shown_times: deque[float] = deque()
         self._tags: dict[str, int | str] = {}
         self._inputs: list[int | str] = []
@@ -185,7 +197,7 @@ class ViewerApp:
                     self.screenshot(screenshot)
             else:
                 while dpg.is_dearpygui_running():
-                    self.frame()
+                    self.paced_frame()
         finally:
             self.close()
         return 0
@@ -203,6 +215,7 @@ class ViewerApp:
     def frame(self) -> None:
         """One GUI frame: callbacks, new scene frame, plots, status, then draw."""
         self._run_callbacks()
+        self._note_input()
         self._poll_mouse()
         self._upload()
         self._refresh()
@@ -210,13 +223,40 @@ class ViewerApp:
             self._call("tick", fn, self)
         t0 = time.perf_counter()
         dpg.render_dearpygui_frame()
-        self._gui_ms = 1000 * (time.perf_counter() - t0)
+        self._last_draw = time.perf_counter()
+        self._gui_ms = 1000 * (self._last_draw - t0)
         self.gui_frames += 1
+
+    def paced_frame(self) -> None:
+        """A GUI frame as soon as a new scene frame is ready, else at a modest rate.
+
+        Each Dear PyGui frame costs 25-70 ms of CPU on software GL (the window is rasterised
+        and sent to the X server) whether or not anything changed; drawing only when there is
+        something new leaves those cores to the renderer and the policy. Input is processed
+        only inside a frame, so the idle rate bounds input latency (100 ms).
+        """
+        now = time.perf_counter()
+        since = now - self._last_draw
+        if since < 1.0 / MAX_GUI_FPS:
+            time.sleep(1.0 / MAX_GUI_FPS - since)
+        active = self._drag is not None or now - self._last_input < ACTIVE_SECONDS
+        period = 1.0 / (MAX_GUI_FPS if active else IDLE_GUI_FPS)
+        wait = self._last_draw + period - time.perf_counter()
+        if wait > 0:
+            self.frames.wait_frame(self._rendered_seen, timeout=wait)
+        self.frame()
+
+    def _note_input(self) -> None:
+        pos = tuple(dpg.get_mouse_pos(local=False))
+        if pos != self._mouse_last or dpg.is_mouse_button_down(dpg.mvMouseButton_Left):
+            self._last_input = time.perf_counter()
+        self._mouse_last = pos
 
     def _run_callbacks(self) -> None:
         jobs = dpg.get_callback_queue()
         if not jobs:
             return
+        self._last_input = time.perf_counter()
         for job in jobs:
             fn = job[0]
             if fn is None:
@@ -236,9 +276,11 @@ class ViewerApp:
         if shape is not None and shape != self._buffer.shape:
             self._make_texture(shape)
         t0 = time.perf_counter()
+        rendered = self.frames.stats.frames
         spec = self.frames.take(self._buffer)
         if spec is None:
             return
+        self._rendered_seen = rendered
         self._upload_ms = 1000 * (time.perf_counter() - t0)
         self.frame_spec = spec
         self.frames_shown += 1
@@ -665,9 +707,9 @@ class ViewerApp:
                 t["ep_v"] = dpg.add_line_series([], [], label="V(s)")
                 t["ep_r"] = dpg.add_line_series([], [], label="reward")
                 t["ep_success"] = dpg.add_scatter_series([], [], label="success")
-        with dpg.plot(label="Q along denoising (this step)", height=PLOT_HEIGHT, width=300) as (
-            t["plot_q"]
-        ):
+        with dpg.plot(
+            label="Q(s, a_hat) along denoising (this step)", height=PLOT_HEIGHT, width=300
+        ) as (t["plot_q"]):
             dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest)
             t["q_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (T = final)")
             t["q_y"] = dpg.add_plot_axis(dpg.mvYAxis, label="Q")
@@ -912,8 +954,7 @@ class ViewerApp:
         g, u = sample.guided, sample.unguided
         steps = g.steps
         k = list(range(steps + 1))
-        q_g = np.concatenate([g.q_hat.numpy(), g.q_final.numpy()[None]], axis=0)  # [T+1, N]
-        q_u = np.concatenate([u.q_hat.numpy(), u.q_final.numpy()[None]], axis=0)
+        q_g, q_u = sample.q_denoise, sample.q_denoise_ghost  # [T+1, N]: Q(a_hat), Q(final)
         n = q_g.shape[1]
         # One legend entry per group: ImPlot hides labels after "##".
         for i in range(n):

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # MuJoCo renders on a thread of its own: EGL (GPU or Mesa) allows that, glfw does not.
+    os.environ.setdefault("MUJOCO_GL", "egl")
     if args.screenshot and args.frames is None:
         print("qgf view: --screenshot needs --frames N", file=sys.stderr)
         return 2
@@ -49,6 +51,19 @@ def run(args: argparse.Namespace) -> int:
         parent = Path(args.screenshot).resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             print(f"qgf view: cannot write a screenshot into {parent}", file=sys.stderr)
+            return 2
+    if not os.environ.get("DISPLAY"):
+        if args.frames is None:
+            print(
+                "qgf view: no display (DISPLAY is unset). Run it on a desktop, under "
+                "xvfb-run, or headless with --frames N --screenshot out.png",
+                file=sys.stderr,
+            )
+            return 2
+        from viewer.display import ensure_display
+
+        if ensure_display() is None:
+            print("qgf view: no display and Xvfb is not installed", file=sys.stderr)
             return 2
     if args.toy:
         from viewer.toy_app import main as toy_main

@@ -35,10 +35,12 @@ _FPS_WINDOW = 2.0
 
 @dataclass
 class FrameStats:
-    """Render-thread figures: frames rendered, frames per second over the last ~2 s, and
-    milliseconds of the last frame's parts (scene + overlay build, GL render, to-float)."""
+    """Render-thread figures: frames rendered, when the last one was ready
+    (``time.perf_counter()``), frames per second over the last ~2 s, and milliseconds of the
+    last frame's parts (scene + overlay build, GL render, to-float)."""
 
     frames: int = 0
+    ready_at: float = 0.0
     fps: float = 0.0
     scene_ms: float = 0.0
     render_ms: float = 0.0
@@ -54,6 +56,7 @@ class FrameStream:
         source: returns the ``FrameSpec`` to show (called on the render thread; must be
             cheap and thread-safe, like ``Session.frame``).
         settings: render settings; None lets the renderer pick fast defaults for its GL.
+        size: ``(width, height)`` of the frames when ``settings`` is None.
         layers: overlay layers to draw.
         on_error: called on the render thread with a message when a frame fails.
     """
@@ -64,8 +67,10 @@ class FrameStream:
         settings: RenderSettings | None = None,
         layers: OverlayLayers | None = None,
         on_error: Callable[[str], None] | None = None,
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.source = source
+        self._size = size
         self.layers = layers or OverlayLayers()
         self.on_error = on_error
         self.frame_hooks: list[FrameHook] = []
@@ -106,6 +111,12 @@ class FrameStream:
             self.requested += 1
             self._cv.notify_all()
             return self.requested
+
+    def wake(self) -> None:
+        """Look at the source now (e.g. the session just changed), instead of at the next
+        idle poll; renders only if its version changed."""
+        with self._cv:
+            self._cv.notify_all()
 
     def _command(self, fn: Callable[[SceneRenderer], None]) -> int:
         with self._cv:
@@ -200,7 +211,7 @@ class FrameStream:
         try:
             spec = self.source()
             model = spec.model
-            renderer = SceneRenderer(model, self._settings)
+            renderer = SceneRenderer(model, self._settings, size=self._size)
             self._data = mujoco.MjData(model)
             self.settings = replace(renderer.settings)
             self.stats.gl = renderer.gl_vendor
@@ -278,6 +289,7 @@ class FrameStream:
             self.stats = replace(
                 self.stats,
                 frames=self.stats.frames + 1,
+                ready_at=now,
                 fps=(len(self._times) - 1) / span if span > 0 else 0.0,
                 scene_ms=1000 * (t1 - t0),
                 render_ms=1000 * (t2 - t1),

@@ -20,6 +20,7 @@ one sample serves H consecutive steps (executed open loop), so those records sha
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -105,6 +106,8 @@ class StepSample:
         ee_final: ``[N, H, 3]`` effector targets of the guided final actions.
         ee_ghost: ``[N, H, 3]`` effector targets of the unguided final actions.
         gripper: ``[N, H]`` gripper targets (0 open .. 1 closed) of the guided finals.
+        q_denoise: ``[T+1, N]`` Q(s, a_hat) at each denoising step, then Q(s, final action).
+        q_denoise_ghost: the same for the unguided candidates.
         off_manifold: ``[N]`` bool flags from a distance-to-data check, or None.
         seconds: wall time of sampling and mapping.
     """
@@ -119,6 +122,8 @@ class StepSample:
     ee_final: np.ndarray
     ee_ghost: np.ndarray
     gripper: np.ndarray
+    q_denoise: np.ndarray
+    q_denoise_ghost: np.ndarray
     off_manifold: np.ndarray | None = None
     seconds: float = 0.0
 
@@ -200,6 +205,7 @@ class FrameSpec:
         physics: MuJoCo state vector ``[S]`` (``mjSTATE_INTEGRATION``) to render.
         overlay: overlay of the current sample, or None.
         record: the step record shown (for captions).
+        made_at: ``time.perf_counter()`` when it was made (for latency figures).
     """
 
     version: int
@@ -207,6 +213,7 @@ class FrameSpec:
     physics: np.ndarray
     overlay: Overlay | None
     record: StepRecord | None
+    made_at: float = 0.0
 
 
 @dataclass
@@ -244,10 +251,21 @@ def noise_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step)) % (2**63)
 
 
-def default_checkpoint() -> Path | None:
-    """The shipped default checkpoint directory, if it exists."""
-    path = CHECKPOINT_ROOT / DEFAULT_ENV
-    return path if (path / "config.json").exists() else None
+def default_checkpoint(root: Path = CHECKPOINT_ROOT) -> Path | None:
+    """The shipped default checkpoint: ``root/<DEFAULT_ENV>``, else the newest directory in
+    ``root`` whose config is for ``DEFAULT_ENV``; None when there is none."""
+    path = root / DEFAULT_ENV
+    if (path / "config.json").exists():
+        return path
+    found = []
+    for config in root.glob("*/config.json"):
+        try:
+            env = json.loads(config.read_text()).get("env")
+        except (OSError, ValueError):
+            continue
+        if env == DEFAULT_ENV:
+            found.append((config.stat().st_mtime, config.parent))
+    return max(found)[1] if found else None
 
 
 class Session:
@@ -281,6 +299,7 @@ class Session:
         self.history: list[StepRecord] = []
         self.current: StepRecord | None = None
         self.episode = 0
+        self.steps_taken = 0  # env steps over every episode of this session
         self.version = 0
         self.timings = Timings()
         self._label = RANDOM_LABEL
@@ -378,7 +397,9 @@ class Session:
     def resample(self) -> StepRecord:
         """Sample the current state again with the current settings (a new chunk from here)."""
         rec = self.current
-        sample, v = self._sample(rec.obs, rec.index)
+        # Inside a chunk the sample was made at an earlier state: nothing of it holds here.
+        reuse = rec.sample if rec.chunk_step == 0 else None
+        sample, v = self._sample(rec.obs, rec.index, reuse=reuse)
         self.current = replace(
             rec, settings=self.settings, sample=sample, chunk_step=0, v=v, action=None
         )
@@ -397,6 +418,7 @@ class Session:
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.timings.env = 1000 * (time.perf_counter() - t0)
+        self.steps_taken += 1
         rec = replace(
             rec,
             action=action,
@@ -474,6 +496,7 @@ class Session:
             physics=rec.snapshot.physics,
             overlay=rec.sample.overlay(),
             record=rec,
+            made_at=time.perf_counter(),
         )
 
     def _arrive(self, obs: np.ndarray, chunk_from: StepRecord | None) -> StepRecord:
@@ -501,41 +524,63 @@ class Session:
     def _device(self) -> torch.device:
         return next(self.policy.parameters()).device
 
-    def _sample(self, obs: np.ndarray, index: int) -> tuple[StepSample, float]:
-        """Guided and unguided candidates for ``obs`` in one batched call, mapped to the world.
+    def _sample(
+        self, obs: np.ndarray, index: int, reuse: StepSample | None = None
+    ) -> tuple[StepSample, float]:
+        """Guided and unguided candidates for ``obs``, mapped to the world.
 
-        Rows: 0 is guided at the settings' weight, 1 is the same noise at weight 0.
+        Both rows come from one batched call (row 0 guided at the settings' weight, row 1 the
+        same noise at weight 0), except when ``reuse`` is a sample of this same state whose
+        unguided part still holds (same seed, T and N): then only the guided row is sampled,
+        which halves the work behind a weight or estimator change.
         """
         s = self.settings
         t0 = time.perf_counter()
         device = self._device()
-        n, a_dim = s.candidates, self.policy.action_dim
-        gen = torch.Generator().manual_seed(noise_seed(s.seed, index))
-        noise = torch.randn(n, a_dim, generator=gen)
+        n, a_dim, t, h = s.candidates, self.policy.action_dim, s.steps, self.horizon
+        keep = (
+            reuse is not None
+            and (reuse.settings.seed, reuse.settings.steps, reuse.settings.candidates)
+            == (s.seed, t, n)
+            and reuse.unguided.a_t.shape[-1] == a_dim
+        )
+        if keep:
+            noise = reuse.noise
+        else:
+            gen = torch.Generator().manual_seed(noise_seed(s.seed, index))
+            noise = torch.randn(n, a_dim, generator=gen)
         o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        rows = 1 if keep else 2
         trace = guided_sample(
             self.policy,
             self.critic,
-            o.expand(2, -1),
+            o.expand(rows, -1),
             estimator=s.estimator,
-            weight=torch.tensor([s.weight, 0.0], device=device),
-            steps=s.steps,
-            noise=torch.cat([noise, noise]).to(device),
+            weight=torch.tensor([s.weight, 0.0][:rows], device=device),
+            steps=t,
+            noise=noise.repeat(rows, 1).to(device),
             best_of=n,
         )
         with torch.no_grad():
             v = float(self.critic.v(o)[0])
+            # Q at every a_hat and at the final action, the same quantity for both rows
+            # whatever the estimator (each estimator's own q_hat is Q where it took its
+            # gradient: at a_t for ood, at ODE(a_t) for qgf_chain).
+            points = torch.cat([trace.a_hat, trace.final[None]]).reshape(-1, a_dim)
+            q_points = self.critic(o.expand(points.shape[0], -1), points).reshape(t + 1, -1)
         trace = trace.to("cpu")
-        guided, unguided = _row(trace, 0), _row(trace, 1)
+        q_points = q_points.cpu().numpy().astype(np.float32)
+        guided = _row(trace, 0)
         executed = int(guided.chosen[0]) if s.best_of else 0
 
-        h = self.horizon
-        t = s.steps
-        a_hat = guided.a_hat.numpy().reshape(t * n, h, -1)
-        final = guided.final.numpy().reshape(n, h, -1)
-        ghost = unguided.final.numpy().reshape(n, h, -1)
+        parts = [guided.a_hat.numpy().reshape(t * n, h, -1), guided.final.numpy().reshape(n, h, -1)]
+        if keep:
+            unguided, q_ghost = reuse.unguided, reuse.q_denoise_ghost
+        else:
+            unguided, q_ghost = _row(trace, 1), q_points[:, n:]
+            parts.append(unguided.final.numpy().reshape(n, h, -1))
         origin, _ = envs.effector_state(self.env)
-        targets = envs.action_to_ee_targets(self.env, np.concatenate([a_hat, final, ghost]))
+        targets = envs.action_to_ee_targets(self.env, np.concatenate(parts))
         xyz = targets.xyz.astype(np.float32)
         sample = StepSample(
             guided=guided,
@@ -546,8 +591,10 @@ class Session:
             origin=origin,
             ee_denoise=xyz[: t * n].reshape(t, n, h, 3),
             ee_final=xyz[t * n : t * n + n],
-            ee_ghost=xyz[t * n + n :],
+            ee_ghost=reuse.ee_ghost if keep else xyz[t * n + n :],
             gripper=targets.gripper[t * n : t * n + n].astype(np.float32),
+            q_denoise=q_points[:, :n],
+            q_denoise_ghost=q_ghost,
         )
         sample.seconds = time.perf_counter() - t0
         self.timings.policy = 1000 * sample.seconds

@@ -50,6 +50,9 @@ class Worker:
         self.session = session
         self.on_error = on_error
         self.errors: deque[WorkerError] = deque(maxlen=50)
+        # Called on the worker thread after every command or play step (e.g. to wake the
+        # renderer at once rather than at its next poll).
+        self.after_command: list[Callable[[], None]] = []
         self.playing = False
         self.speed = REAL_TIME_STEPS  # steps per second; 0 = as fast as possible
         self.commands_run = 0
@@ -157,6 +160,11 @@ class Worker:
                 if key == "play":
                     self.playing = False
             finally:
+                for fn in list(self.after_command):
+                    try:
+                        fn()
+                    except Exception as e:  # a listener must not end the worker either
+                        self._report("after command", e)
                 with self._cv:
                     self._busy = False
                     self.commands_run += 1
