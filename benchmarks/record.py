@@ -51,15 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _networks(checkpoint: str | None, device: str):
-    """``(policy, critic, env_name, steps, label)``: a checkpoint's, else random ones."""
+    """``(policy, critic, env_name, steps, label, off_manifold)``: a checkpoint's (with the
+    off-manifold flagger ``qgf record`` builds from it), else random ones (no flags)."""
     from core.checkpoints import load_checkpoint
     from core.commands.record import DEFAULT_ENV, default_checkpoint
     from core.models import Critic, VelocityField
 
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     if path is not None and (path / "config.json").exists():
+        from core.manifold import DataManifold
+
         policy, critic, config = load_checkpoint(path, device)
-        return policy, critic, config.env, config.flow_steps, f"checkpoint {path.name}"
+        flags = DataManifold.from_checkpoint(path, device=device).off_manifold
+        label = f"checkpoint {path.name} ({config.training_steps} steps)"
+        return policy, critic, config.env, config.flow_steps, label, flags
     if checkpoint:
         raise SystemExit(f"qgf bench record: no checkpoint at {path}")
     import torch
@@ -69,7 +74,7 @@ def _networks(checkpoint: str | None, device: str):
     critic = Critic(28, 5, hidden=_RANDOM_HIDDEN)
     for net in (policy, critic):
         net.to(device).eval().requires_grad_(False)
-    return policy, critic, DEFAULT_ENV, 10, f"random networks {list(_RANDOM_HIDDEN)}"
+    return policy, critic, DEFAULT_ENV, 10, f"random networks {list(_RANDOM_HIDDEN)}", None
 
 
 def _render_encode(recording, frames: int, out: Path) -> tuple[float, float]:
@@ -91,7 +96,7 @@ def _render_encode(recording, frames: int, out: Path) -> tuple[float, float]:
     return frames / wall, (time.process_time() - cpu) / frames
 
 
-def _row(policy, critic, env_name, steps, weights, args, tmp: Path) -> dict:
+def _row(policy, critic, env_name, steps, flags, weights, args, tmp: Path) -> dict:
     from core.recording import Recording, RecordSettings
     from core.video import VideoWriter
 
@@ -107,7 +112,7 @@ def _row(policy, critic, env_name, steps, weights, args, tmp: Path) -> dict:
         hold_s=0.0,
     )
     record_fps, base_fps, record_cpu, base_cpu, parts = [], [], [], [], []
-    with Recording(policy, critic, env_name, settings, args.device) as recording:
+    with Recording(policy, critic, env_name, settings, args.device, flags) as recording:
         gl = recording.runs[0].renderer.gl_vendor or "unknown GL"
         # Warm-up: first renders compile shaders and upload meshes; first samples warm torch.
         recording.run(VideoWriter(tmp / "warm.mp4", settings.fps), progress=False)
@@ -143,12 +148,12 @@ def run(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     torch.set_num_threads(args.threads)
-    policy, critic, env_name, steps, label = _networks(args.checkpoint, args.device)
+    policy, critic, env_name, steps, label, flags = _networks(args.checkpoint, args.device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="qgf-bench-record-") as tmp:
         for spec in args.panels.split(";"):
             weights = [float(w) for w in spec.split(",")]
-            rows.append(_row(policy, critic, env_name, steps, weights, args, Path(tmp)))
+            rows.append(_row(policy, critic, env_name, steps, flags, weights, args, Path(tmp)))
     print(
         f"record benchmark: {env_name}, {label}, {args.estimator}, T={steps}, "
         f"N={args.candidates}, {args.size} per panel, {args.frames} steps, "
