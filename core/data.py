@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.envs import EnvName, parse_name
+from core.envs import EnvName, parse_name, reset
 
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 EPISODE_STEPS = 1001
@@ -180,11 +180,10 @@ def _scene_episode_healthy(qpos: np.ndarray) -> bool:
 
 def _run_episode(env, oracles: dict, config: GenerationConfig, seed: int) -> _Episode:
     """One episode of ``config.max_episode_steps`` steps, the global RNG seeded with ``seed``."""
-    np.random.seed(seed)
+    ob, info = reset(env, seed)
     family = config.parsed.family
     noisy = config.parsed.dataset_type == "noisy"
     p_random = config.random_action_prob
-    ob, info = env.reset(seed=seed)
     p_stack = _stack_probability(family)
     xi = float(np.random.uniform(0, config.noise)) if noisy else 0.0
     agent = oracles[info["privileged/target_task"]]
@@ -313,6 +312,10 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> N
             np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

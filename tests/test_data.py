@@ -134,6 +134,9 @@ def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch) -> None:
         save_npz_atomic(path, {"x": np.arange(5)})
     assert np.array_equal(_arrays(path)["x"], np.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_dataset_paths() -> None:
