@@ -165,6 +165,7 @@ def test_distance_critic_value_and_gradient():
     assert torch.isfinite(g[0]).all()
 
 
+@pytest.mark.slow  # fits a critic
 def test_fitted_critic_is_right_on_data_and_wrong_off_it(fitted_1d):
     """What a real critic is: trusted on the data, not beyond. Right of the data (a >= 0.7,
     where the noise that should end at a* starts) its slope has faded while the exact one
@@ -238,6 +239,7 @@ def test_weight_zero_is_the_same_for_every_estimator():
         assert torch.equal(trace.actions, base), name
 
 
+@pytest.mark.slow  # fits a critic
 def test_qgf_and_bptt_move_the_mass_to_a_star(fitted_1d):
     problem = tri_modal_1d()
     exact = problem.exact_critic()
@@ -258,6 +260,7 @@ def test_2d_qgf_moves_the_mass_to_a_star():
     assert _star_share(problem, _sample(problem, problem.exact_critic(), "qgf", 2.0)) > 0.95
 
 
+@pytest.mark.slow  # fits a critic
 @pytest.mark.parametrize("critic_kind", ["exact", "fitted"])
 def test_ood_is_misdirected_at_small_weights(critic_kind, fitted_1d):
     """At w = 0.1 and 0.3, QGF raises a*'s share well above the unguided one while OOD does
@@ -276,6 +279,7 @@ def test_ood_is_misdirected_at_small_weights(critic_kind, fitted_1d):
     assert _star_share(problem, _sample(problem, critic, "qgf", 0.3, n=n)) > 2 * base
 
 
+@pytest.mark.slow  # fits a critic
 def test_ood_with_fitted_critic_is_stranded_at_moderate_weight(fitted_1d):
     """With the fitted critic at w = 1, QGF puts ~90% on a*'s mode; OOD leaves most particles
     between the heavy mode and a* (around a = -0.43, 3 stds of a*'s mode away), where the
@@ -290,6 +294,7 @@ def test_ood_with_fitted_critic_is_stranded_at_moderate_weight(fitted_1d):
     assert float((qgf.actions - problem.a_star).abs().median()) < 0.04
 
 
+@pytest.mark.slow  # fits a critic
 @pytest.mark.parametrize("critic_kind", ["exact", "fitted"])
 def test_ood_reaches_a_star_at_large_weight(critic_kind, fitted_1d):
     """The paper says OOD misdirects at every weight; we find it does not: at w = 2 (T = 25)
