@@ -37,35 +37,49 @@ Threshold
 ---------
 A candidate is off-manifold when ``d(s, a)`` exceeds the ``quantile`` (default 0.95) of the
 same distance for dataset pairs ``(s_i, a_i)`` held out of the reference set. Whole
-trajectories are held out (when trajectory ends are known): a held-out row's own neighbours
-in time are then not in the reference set, so the calibration measures the distance between
+trajectories are held out when trajectory ids are known: a held-out row's own neighbours in
+time are then not in the reference set, so the calibration measures the distance between
 *different* demonstrations in similar states, which is the situation of a policy visiting a
-state of its own. (Holding out single rows would leave the adjacent, nearly identical steps
-of the same trajectory in the reference and make the threshold far too strict.) The held-out
-rows are not used as reference afterwards, so the threshold describes exactly the quantity
-that queries compute.
+state of its own. Holding out single rows leaves the adjacent steps of the same trajectory
+in the reference and makes the threshold too strict, the more so the denser the sample.
+The held-out rows are not used as reference afterwards, so the threshold describes exactly
+the quantity that queries compute.
+
+Measured on cube-single-play (330 generated trajectories, k = 32, 3 seeds): the fraction of
+pairs from the 10 *validation* trajectories flagged at the 95% threshold, which should be 5%:
+
+=================  ======================  ======================
+sample of rows      trajectories held out   single rows held out
+=================  ======================  ======================
+20,000 (ckpt size)  4.3 / 4.5 / 5.2 %       6.4 / 4.6 / 6.7 %
+100,000             3.8 / 5.0 / 5.1 %       10.2 / 9.5 / 9.7 %
+=================  ======================  ======================
+
+(thresholds 0.42-0.48 with trajectories; 0.43-0.45 and 0.34-0.35 with single rows.)
 
 Speed: brute force in torch, not an index
 -----------------------------------------
-Measured on this project's 2-core CPU (torch 2.13, 2 threads, float32), reference set of
-100k rows with 28-dim states (a cube-single-sized sample), k = 32, one state per query as in
-the viewer (all candidates of a step share the state, and queries deduplicate states):
+Medians on this project's 2-core CPU under the team's usual load (~7 on 2 cores), torch
+2.13, float32, k = 32, reference of 100,000 rows of cube-single-play (28-dim states),
+``benchmarks/manifold_knn.py``:
 
-=====================================  ============  =============
-query                                   torch brute   scipy cKDTree
-=====================================  ============  =============
-1 state, 64 candidates (viewer step)    ~1.6 ms       ~0.5-12 ms
-256 states x 6 estimators (diagnose)    ~95 ms        ~40-2000 ms
-build / fit                             ~0 (a copy)   ~60 ms
-=====================================  ============  =============
+=======================================  ===========  ====================
+                                          torch brute  scipy cKDTree
+=======================================  ===========  ====================
+state search, 1 state                     0.8-1.0 ms   30-35 ms
+query, 1 state x 64 candidates (viewer)   1.05-1.14 ms (search alone 30 ms)
+query, 256 states x 6 (diagnose)          0.86-1.05 s  6.4 s (search alone)
+build                                     none         0.43-0.50 s
+=======================================  ===========  ====================
 
-(Exact numbers are in ``benchmarks/manifold_knn.py``'s output.) A k-d tree's query time
-depends on how clustered the data is: it wins on low-dimensional trajectory data and loses by
-an order of magnitude on 28 dims that fill space, while the matmul is the same cost for any
-data. At under 2 ms per viewer step the brute force is far inside the frame budget, it needs
-no new dependency, it runs on CUDA unchanged (where it is faster still), and it is exact.
-The state search is one ``[S, O] @ [O, N]`` matmul per chunk of queries plus ``topk``; the
-``|q|^2`` term is left out of the ranking score because it is the same for every row.
+The k-d tree loses by 30x on the real states: standardised joint velocities and cube poses
+fill the 28 dims, and a tree only prunes on low-dimensional data (on synthetic states lying
+on an 8-dim latent it searched one state in 0.1 ms, against 0.7 ms brute). The brute force
+is one ``[S, O+1] @ [O+1, N]`` matmul (with ``|x|^2`` folded in as an extra column) and a
+``topk`` per block of query states, costs the same on any data, needs no new dependency,
+runs on CUDA unchanged, and is exact. At about 1 ms per viewer step it is far inside the
+frame budget. Fitting on a 20,000-row checkpoint sample (2,000 calibration queries) takes
+about 0.5 s.
 """
 
 from __future__ import annotations
