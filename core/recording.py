@@ -78,11 +78,6 @@ LAYER_NAMES = tuple(f.name for f in fields(OverlayLayers))
 _BORDER = 3
 # OGBench envs come with a time limit; this only bounds an env registered without one.
 _FALLBACK_MAX_STEPS = 1000
-# Tessellation of spheres and capsules (MuJoCo's defaults: 28 slices, 16 stacks). A step's
-# overlay is ~200 of them; on software GL at the defaults they cost as much as the whole
-# robot mesh (render time x2.2 at 320x240), at 8 x 4 about 15% more, and the 5 mm markers
-# look the same. Quality "fast" only; the model is the recording's own.
-_FAST_SLICES, _FAST_STACKS = 8, 4
 
 
 @dataclass(frozen=True)
@@ -112,8 +107,11 @@ class RecordSettings:
         fps: playback frame rate.
         camera: camera preset (``core.render.CAMERA_PRESETS``).
         layers: overlay layers drawn.
-        quality: ``"fast"`` (no anti-aliasing or shadows, coarser spheres and capsules) or
-            ``"auto"`` (MuJoCo's quality on a GPU, no anti-aliasing or shadows on software GL).
+        quality: ``"fast"`` (software GL's settings everywhere: no anti-aliasing or shadows,
+            coarse spheres and capsules) or ``"auto"`` (as the viewer: those on software GL,
+            MuJoCo's quality on a GPU); see ``core.render.RenderSettings.for_gl``.
+        path_scale: magnify candidate paths about the effector (a display aid, as in the
+            viewer; captions say so when it is not 1).
         caption: draw the caption strip under each panel.
         cols: panels per row (default ``len(weights)``).
         hold_s: seconds the final frame of each episode is held.
@@ -134,6 +132,7 @@ class RecordSettings:
     camera: str = "front"
     layers: OverlayLayers = field(default_factory=OverlayLayers)
     quality: str = "fast"
+    path_scale: float = 1.0
     caption: bool = True
     cols: int | None = None
     hold_s: float = 1.0
@@ -167,6 +166,8 @@ class RecordSettings:
             )
         if self.quality not in ("fast", "auto"):
             raise ValueError(f"quality must be 'fast' or 'auto', got {self.quality!r}")
+        if not (np.isfinite(self.path_scale) and self.path_scale > 0):
+            raise ValueError(f"path_scale must be > 0, got {self.path_scale}")
         if self.cols is not None and self.cols < 1:
             raise ValueError(f"cols must be >= 1, got {self.cols}")
         if self.hold_s < 0:
@@ -421,11 +422,13 @@ class Recording:
                 )
             u = env.unwrapped
             if s.quality == "fast":
-                u._model.vis.quality.numslices = _FAST_SLICES
-                u._model.vis.quality.numstacks = _FAST_STACKS
-            renderer = SceneRenderer(u._model, RenderSettings(s.width, s.height))
-            if s.quality == "auto" and not renderer.software_gl:
-                renderer.configure(RenderSettings.for_gl(False, s.width, s.height))
+                # Software GL's settings everywhere: no MSAA or shadows, coarse spheres.
+                settings = RenderSettings.for_gl(True, s.width, s.height)
+                renderer = SceneRenderer(u._model, settings)
+            else:
+                # What the viewer picks: probe the GL, then its own defaults for it.
+                renderer = SceneRenderer(u._model, size=(s.width, s.height))
+            renderer.path_scale = s.path_scale
             renderer.set_preset(s.camera, u._data)
             image = np.zeros((s.height + strip, s.width, 3), np.uint8)
             self.runs.append(_PanelRun(panel, env, renderer, mujoco.MjData(u._model), image))
@@ -541,6 +544,7 @@ class Recording:
                 success=final and run.success,
                 done=final,
                 episode=episode if s.episodes > 1 else None,
+                path_scale=s.path_scale,
             )
             run.image[s.height :] = caption_strip(caption, s.width)
             clock.lap("caption")

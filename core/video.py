@@ -533,6 +533,8 @@ class CaptionFields:
         success: the episode has succeeded.
         done: the episode has ended (success or time limit); the panel holds its last frame.
         episode: episode index, shown when not None.
+        path_scale: magnification of the drawn candidate paths; shown when not 1, since a
+            scaled view must say so.
     """
 
     env: str
@@ -543,6 +545,7 @@ class CaptionFields:
     success: bool = False
     done: bool = False
     episode: int | None = None
+    path_scale: float = 1.0
 
     @property
     def status(self) -> str:
@@ -604,6 +607,8 @@ def caption_strip(fields: CaptionFields, width: int) -> np.ndarray:
         color = SUCCESS_COLOR if fields.success else DONE_COLOR
         draw.text((width - pad - status_w, gap), status, font=font, fill=color)
     head = f"{fields.estimator}   w = {fields.weight:g}"
+    if fields.path_scale != 1.0:
+        head += f"   paths x{fields.path_scale:g}"
     draw.text((pad, gap), _fit(draw, head, font, width - 3 * pad - status_w), font=font, fill=_TEXT)
     parts = [fields.env]
     if fields.episode is not None:

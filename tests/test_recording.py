@@ -96,6 +96,7 @@ def test_parse_layers() -> None:
         ({"camera": "back"}, "unknown camera"),
         ({"quality": "ultra"}, "quality"),
         ({"hold_s": -1}, "hold_s"),
+        ({"path_scale": 0.0}, "path_scale"),
     ],
 )
 def test_bad_settings_are_named(changes: dict, message: str) -> None:

@@ -224,6 +224,8 @@ def test_caption_strip_shape_status_colours_and_text() -> None:
     assert not has(strip, SUCCESS_COLOR) and not has(strip, DONE_COLOR)
     other = caption_strip(CaptionFields(base.env, "qgf", 0.08, 37, q=-12.5), 320)
     assert not np.array_equal(strip, other)
+    scaled = CaptionFields(base.env, "qgf", 0.02, 37, q=-12.5, path_scale=3.0)
+    assert not np.array_equal(strip, caption_strip(scaled, 320))  # a scaled view says so
     # Long text is cut to fit rather than drawn past the edge.
     assert caption_strip(CaptionFields("x" * 200, "qgf" * 30, 1.0, 1), 120).shape[1] == 120
 

@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="fast",
         help="fast: no anti-aliasing or shadows; auto: MuJoCo's quality where GL is a GPU",
     )
+    parser.add_argument(
+        "--path-scale",
+        type=float,
+        default=1.0,
+        help="magnify candidate paths about the effector (a display aid; captions say so)",
+    )
     parser.add_argument("--no-caption", action="store_true", help="no caption strip under panels")
     parser.add_argument("--cols", type=int, help="panels per row (default: one per weight)")
     parser.add_argument(
@@ -166,6 +172,7 @@ def _settings(args: argparse.Namespace, flow_steps: int):
         camera=args.camera,
         layers=parse_layers(args.layers),
         quality=args.quality,
+        path_scale=args.path_scale,
         caption=not args.no_caption,
         cols=args.cols,
         hold_s=args.hold,
