@@ -463,10 +463,19 @@ def train(
             )
         if evaluate is not None and config.eval_every and step % config.eval_every == 0:
             learner.eval()
-            scores = evaluate(learner.policy, learner.target_critic, step)
+            try:
+                scores = evaluate(learner.policy, learner.target_critic, step)
+            except Exception as e:
+                # The periodic evaluation is a diagnostic: a failure in it (an env, a plugin
+                # estimator) is recorded, and must not throw away the training since the
+                # last save.
+                scores = {}
+                evals.append({"step": step, "error": f"{type(e).__name__}: {e}"})
+                bar.write(f"step {step}: periodic evaluation failed: {type(e).__name__}: {e}")
             learner.train()
-            evals.append({"step": step, **scores})
-            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3g}" for k, v in scores.items()))
+            if scores:
+                evals.append({"step": step, **scores})
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3g}" for k, v in scores.items()))
             if writer is not None:
                 for k, v in scores.items():
                     writer.add_scalar(f"eval/{k}", v, step)

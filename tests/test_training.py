@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -169,3 +170,24 @@ def test_train_and_eval_commands_on_a_generated_dataset(tmp_path, capsys):
     assert "qgf" in capsys.readouterr().out
     assert (out / "eval.json").is_file() and (out / "eval.png").is_file()
     load_checkpoint(out)  # eval.json and eval.png are not hashed parts: still valid
+
+
+def test_a_failing_periodic_evaluation_is_recorded_and_training_goes_on(tmp_path):
+    torch.set_num_threads(1)
+    calls = []
+
+    def broken(policy, critic, step):
+        calls.append(step)
+        raise NameError("name 'helper' is not defined")
+
+    config = TrainConfig(hidden=(16,), steps=20, batch_size=16, log_every=10, eval_every=10)
+    out = tmp_path / "ck"
+    result = train(
+        config, toy_dataset(), out, log_dir=tmp_path / "logs", progress=False, evaluate=broken
+    )
+    assert result.steps == 20 and calls == [10, 20]
+    evals = json.loads((out / "train_eval.json").read_text())
+    assert evals == [
+        {"step": 10, "error": "NameError: name 'helper' is not defined"},
+        {"step": 20, "error": "NameError: name 'helper' is not defined"},
+    ]
