@@ -34,19 +34,54 @@ The critic is ``Q(a) = -||a - a*||``, given two ways:
 Both critics and the flow take a dummy observation ``obs [B, O]`` (``O`` may be 0) so they
 plug straight into ``core.guidance.guided_sample``.
 
-The OOD finding (paper Fig. 2: "OOD guidance misdirects to a suboptimal mode at every
-weight"). For the exact critic in 1-D the OOD gradient is ``sign(a* - a_t)``: it always
-points towards ``a*`` in action space. It misleads for another reason: the critic is read
-at ``a_t``, but where a particle ends up is decided by where ``a_t`` sits relative to the
-*time-t* picture of the modes, which is the data shrunk towards the origin by ``t`` and
-blurred. When ``a*`` is a mode ``mu_j`` with another mode ``mu_m`` further out on the same
-side, the point ``a_t = a*`` lies, for ``t`` below roughly ``2 mu_j / (mu_j + mu_m)``,
-inside the region that flows to ``mu_m``. Pulling noisy particles towards ``a*`` therefore
-herds them into the outer mode's basin, and once the flow commits (late ``t``, where its
-contraction towards the modes grows like ``1 / (1 - t)``) they land on ``mu_m``. QGF reads
-the critic at the one-step estimate ``a_hat = E[a_1 | a_t]``, which lives in data space, and
-pushes the right way. See ``ood_misdirection`` and ``tests/test_toy.py`` for what this
-module demonstrates with numbers, and the docstring of ``tri_modal_1d`` for the setting.
+The OOD finding. The paper (Fig. 2) reports that OOD guidance (the critic's gradient at the
+noisy ``a_t``) misdirects the flow to a suboptimal mode *at every weight*, while QGF and
+BPTT reach ``a*``. What we reproduce, in ``tri_modal_1d`` (T = 25, 1000 particles, one
+noise draw; share of final actions on a*'s mode, unguided 0.15)::
+
+    weight             0.1   0.3   0.6   1     2     4     10
+    exact   qgf        0.18  0.33  0.58  0.85  1.00  0.48  0.34
+            ood        0.13  0.15  0.60  0.95  0.87  0.41  0.47
+            bptt       0.25  0.37  0.48  0.61  0.77  0.85  0.08 (61% off the data)
+    fitted  qgf        0.17  0.31  0.56  0.91  1.00  1.00  1.00
+            ood        0.13  0.14  0.13  0.22  0.99  1.00  0.00 (39% off the data)
+            bptt       0.26  0.39  0.52  0.65  0.86  0.96  0.95
+
+1. Small weights, either critic: misdirection reproduced. OOD does not raise a*'s share at
+   all and sends extra mass to the heavy suboptimal mode (0.65 -> 0.77 at w = 0.3) while
+   QGF doubles a*'s share. Why, although the exact OOD gradient ``sign(a* - a_t)`` always
+   points towards a* in action space: a 1-D flow preserves order, so the noise that ends on
+   a*'s mode is the slice of N(0, 1) between the cumulative weights 0.65 and 0.80, i.e.
+   ``a_0`` in about (0.39, 0.84) -- on the far side of ``a* = -0.35``. For those particles
+   "towards a* in action space" is the wrong way; they are pushed across into the heavy
+   mode. QGF reads the critic at ``a_hat = E[a_1 | a_t]``, which already sits in data
+   space, and pushes the wrong way less often (``misdirected_fraction``, first half of
+   the steps at w = 0.3: QGF 29%, OOD 34% with the exact critic and 37% with the fitted;
+   at the first step 27% against 37% and 47%).
+2. Moderate weights, fitted critic: misdirection reproduced up to w = 1, in a milder form
+   than the paper's. The fitted critic is right on the data (max error 0.05) but its slope
+   fades off it (|dQ/da| < 0.5 for a >= 0.7, where the exact one is 1): the particles that
+   should end on a*'s mode start right of all the data and get little pull, while those
+   in the data range are pulled left. At w = 1 most OOD particles end stranded at
+   a ~ -0.43, between the heavy mode and a* (0.08 from a*, off both modes, mean true Q
+   -0.09 vs QGF's -0.04), which the mode assignment counts as the heavy mode.
+3. Large weights: not reproduced. With w = 2 OOD reaches a* with either critic. This is
+   unavoidable for ``Q = -|a - a*|``: once ``w`` exceeds the flow's speed near a*, OOD
+   guidance is plain gradient ascent on Q in ``a_t`` and converges to ``a*`` no matter how
+   wrong the early pushes were; the fitted critic is accurate near a*, so it does too. We
+   found no placement of a* (we searched 600 random tri-modal mixtures with a* at the middle
+   mode at T = 10, and a dozen hand-made ones at T = 10, 25, 50) where OOD misses a* at
+   every weight while QGF reaches it. At w >= 4 other failures take over: with the
+   kinked exact critic QGF and OOD chatter around a* with amplitude ``w / T``, wider than
+   a*'s mode (std 0.03), and BPTT's gradient explodes (below). The fitted critic is smooth
+   at its peak: QGF, read at a_hat near the mode's centre where that peak is flat, stays
+   on a*'s mode, but OOD at w = 10 jumps back and forth across the peak (steps of up to
+   w |G| / T ~ 0.5) and ends either side of it, at about -0.55 and -0.15 (39% off data).
+
+BPTT instability (paper Fig. 14): reproduced. BPTT's gradient ``J^T grad Q`` spans orders of
+magnitude (median 0.26, max ~12 at w = 1): tiny where the flow contracts into a mode,
+huge near the boundaries between modes. At w = 10 with the exact critic it throws 61% of
+the particles off the data, QGF 5%.
 """
 
 from __future__ import annotations

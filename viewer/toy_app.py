@@ -189,7 +189,8 @@ class ToyApp:
             if "marker" in style:
                 shape = dpg.mvPlotMarker_Cross if style.get("cross") else dpg.mvPlotMarker_Circle
                 dpg.add_theme_style(dpg.mvPlotStyleVar_Marker, shape, category=plots)
-                dpg.add_theme_style(dpg.mvPlotStyleVar_MarkerWeight, 2.0, category=plots)
+                if style.get("cross"):
+                    dpg.add_theme_style(dpg.mvPlotStyleVar_MarkerWeight, 2.0, category=plots)
                 dpg.add_theme_style(dpg.mvPlotStyleVar_MarkerSize, style["marker"], category=plots)
         self._themes[key] = theme
         return theme
@@ -246,15 +247,21 @@ class ToyApp:
         )
         dpg.add_text("estimators (same noise)")
         self.ids["estimators"] = {}
-        for name in ESTIMATORS:
-            box = dpg.add_checkbox(
-                label=name,
-                default_value=name in s.estimators,
-                callback=self.guard(self._on_estimators),
-            )
-            with dpg.tooltip(box):
-                dpg.add_text(ESTIMATOR_DOCS.get(name, ""))
-            self.ids["estimators"][name] = box
+        names = list(ESTIMATORS)
+        with dpg.table(header_row=False):
+            dpg.add_table_column()
+            dpg.add_table_column()
+            for row in range(0, len(names), 2):
+                with dpg.table_row():
+                    for name in names[row : row + 2]:
+                        box = dpg.add_checkbox(
+                            label=name,
+                            default_value=name in s.estimators,
+                            callback=self.guard(self._on_estimators),
+                        )
+                        with dpg.tooltip(box):
+                            dpg.add_text(ESTIMATOR_DOCS.get(name, ""))
+                        self.ids["estimators"][name] = box
         dpg.add_separator()
         self.ids["steps"] = dpg.add_slider_int(
             label="steps T",
@@ -343,14 +350,22 @@ class ToyApp:
         else:
             cols = 1 if len(names) == 1 else 2 if len(names) <= 4 else 3
             rows = math.ceil(len(names) / cols)
-            size = min(int(avail_w / cols) - 8, int(avail_h / rows) - 44)
-            for r in range(rows):
-                with dpg.group(horizontal=True, parent=parent):
-                    for name in names[r * cols : (r + 1) * cols]:
-                        with dpg.child_window(
-                            width=size + 8, height=size + 44, border=False, no_scrollbar=True
-                        ):
-                            self._panels[name] = self._build_2d(name, size, size)
+            side_w = 260
+            size = min(int((avail_w - side_w) / cols) - 8, int(avail_h / rows) - 44)
+            with dpg.group(horizontal=True, parent=parent):
+                with dpg.group():
+                    for r in range(rows):
+                        with dpg.group(horizontal=True):
+                            for name in names[r * cols : (r + 1) * cols]:
+                                with dpg.child_window(
+                                    width=size + 8,
+                                    height=size + 44,
+                                    border=False,
+                                    no_scrollbar=True,
+                                ):
+                                    self._panels[name] = self._build_2d(name, size, size)
+                with dpg.child_window(width=-1, height=-1, border=False):
+                    self._build_share_plot(names, avail_h)
         dpg.delete_item(self.ids["wrong_y"], children_only=True)
         self.ids["wrong_series"] = {}
         for name in names:
@@ -363,11 +378,52 @@ class ToyApp:
             )
             self.ids["wrong_series"][name] = series
 
+    def _build_share_plot(self, names: list[str], height: int) -> None:
+        """Where the particles end, per estimator: a*'s mode, other modes, off the data."""
+        dpg.add_text("where the particles end")
+        with dpg.plot(height=min(height, 330), width=-1, no_menus=True, no_mouse_pos=True):
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_North, horizontal=True)
+            x = dpg.add_plot_axis(dpg.mvXAxis, no_gridlines=True)
+            y = dpg.add_plot_axis(dpg.mvYAxis, label="share")
+            dpg.set_axis_ticks(x, tuple((n, float(i)) for i, n in enumerate(names)))
+            dpg.set_axis_limits(x, -0.6, len(names) - 0.4)
+            dpg.set_axis_limits(y, 0.0, 1.15)
+            self.ids["share_series"] = {}
+            for label, colour in (
+                ("a*'s mode", _STAR_COLOUR),
+                ("other", _MODE_COLOURS[0]),
+                ("off data", _OFF_COLOUR),
+            ):
+                series = dpg.add_bar_series([], [], label=label, parent=y, weight=0.26)
+                dpg.bind_item_theme(series, self._series_theme(dpg.mvBarSeries, colour))
+                self.ids["share_series"][label] = series
+        self.ids["share_text"] = dpg.add_text("", wrap=240, color=_GREY)
+
+    def _draw_shares(self, view: ToyView) -> None:
+        runs = list(view.runs.values())
+        x = np.arange(len(runs), dtype=np.float64)
+        star = np.array([r.star_share for r in runs])
+        off = np.array([r.off_share for r in runs])
+        on_star_off = np.array(
+            [float(np.mean(r.off_data & (r.component == view.star_component))) for r in runs]
+        )
+        star_on_data = star - on_star_off
+        other = 1.0 - star_on_data - off
+        for series, (offset, values) in zip(
+            self.ids["share_series"].values(),
+            ((-0.28, star_on_data), (0.0, other), (0.28, off)),
+            strict=True,
+        ):
+            _set(series, x + offset, values)
+        unguided = 100 * view.unguided_share[view.star_component]
+        dpg.set_value(
+            self.ids["share_text"],
+            f"Unguided sampling puts {unguided:.0f}% on a*'s mode. Bars use the same noise "
+            "for every estimator.",
+        )
+
     def _add_title(self, name: str, wrap: int) -> int:
-        title = dpg.add_text(_title(name), color=_estimator_colour(name), wrap=wrap)
-        with dpg.tooltip(title):
-            dpg.add_text(ESTIMATOR_DOCS.get(name, ""))
-        return title
+        return dpg.add_text(_title(name), color=_estimator_colour(name), wrap=wrap)
 
     def _build_1d(self, name: str, width: int, height: int) -> dict[str, int]:
         p: dict[str, int] = {}
@@ -386,7 +442,7 @@ class ToyApp:
             p["star_mark"] = dpg.add_inf_line_series([0.0], horizontal=True, parent=p["ty"])
             dpg.bind_item_theme(
                 p["star_mark"],
-                self._series_theme(dpg.mvInfLineSeries, (*_A_STAR_MARK, 160), weight=1.0),
+                self._series_theme(dpg.mvInfLineSeries, (*_A_STAR_MARK, 230), weight=2.0),
             )
             p["step_line"] = dpg.add_inf_line_series([0.0], parent=p["ty"])
             dpg.bind_item_theme(
@@ -396,7 +452,7 @@ class ToyApp:
             p["star_line"] = dpg.add_drag_line(
                 vertical=False,
                 color=(*_A_STAR_MARK, 255),
-                thickness=1.0,
+                thickness=2.0,
                 label="a*",
                 callback=self.guard(self._on_drag_star_1d),
             )
@@ -635,20 +691,27 @@ class ToyApp:
             "raise the true Q of the action they denoise to. "
             f"Unguided, {unguided:.0f}% end on a*'s mode. Keys: left/right step, space play.",
         )
+        if view.problem.dim == 2 and "share_series" in self.ids:
+            self._draw_shares(view)
         for name, series in self.ids["wrong_series"].items():
             run = view.runs[name]
             frac = np.nan_to_num(run.misdirected, nan=0.0)
             _set(series, view.times[:-1], frac)
         for name, run in view.runs.items():
             p = self._panels[name]
-            sep = "\n" if view.problem.dim == 1 else "  "
-            stats = sep.join(
-                [
-                    f"on a*'s mode {100 * run.star_share:.0f}% (unguided {unguided:.0f}%)",
-                    f"off data {100 * run.off_share:.0f}%, mean true Q {run.q_true:.2f}",
-                    f"|G| max {run.grad_max:.2g}, median {run.grad_median:.2g}",
-                ]
-            )
+            if view.problem.dim == 1:
+                stats = "\n".join(
+                    [
+                        f"on a*'s mode {100 * run.star_share:.0f}% (unguided {unguided:.0f}%)",
+                        f"off data {100 * run.off_share:.0f}%, mean true Q {run.q_true:.2f}",
+                        f"|G| max {run.grad_max:.2g}, median {run.grad_median:.2g}",
+                    ]
+                )
+            else:
+                stats = (
+                    f"a*'s mode {100 * run.star_share:.0f}%  off data "
+                    f"{100 * run.off_share:.0f}%  Q {run.q_true:.2f}  |G|max {run.grad_max:.2g}"
+                )
             if run.nonfinite:
                 stats += f"  NON-FINITE: {run.nonfinite}"
             dpg.set_value(p["stats"], stats)
@@ -694,7 +757,7 @@ class ToyApp:
             )
             x, y = _segments(paths)
             series = dpg.add_line_series(
-                _flat(x), _flat(y), segments=True, parent=p["ty"], before=p["step_line"]
+                _flat(x), _flat(y), segments=True, parent=p["ty"], before=p["star_mark"]
             )
             dpg.bind_item_theme(
                 series, self._series_theme(dpg.mvLineSeries, (*colour, 110), weight=1.0)
