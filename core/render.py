@@ -56,14 +56,15 @@ _FAST_SLICES, _FAST_STACKS = 8, 4
 
 CAMERA_PRESETS = ("front", "side", "top", "follow")
 # Free-camera poses (azimuth deg, elevation deg, distance m) around the workspace centre.
-# "front" matches OGBench's own front camera; "follow" keeps its pose but tracks the effector.
+# "front" looks from where OGBench's own front camera does, a little higher; "top" is tilted
+# so that the arm does not hide the gripper; "follow" tracks the effector from close by.
 _PRESET_POSES = {
-    "front": (180.0, -20.0, 1.0),
-    "side": (90.0, -18.0, 1.0),
-    "top": (180.0, -89.0, 1.15),
-    "follow": (160.0, -25.0, 0.55),
+    "front": (180.0, -25.0, 1.05),
+    "side": (90.0, -22.0, 1.1),
+    "top": (180.0, -70.0, 1.15),
+    "follow": (150.0, -25.0, 0.55),
 }
-_WORKSPACE_CENTRE = np.array([0.40, 0.0, 0.15])
+_WORKSPACE_CENTRE = np.array([0.38, 0.0, 0.18])
 EFFECTOR_SITE = "ur5e/robotiq/pinch"
 
 
@@ -144,7 +145,8 @@ class Overlay:
         executed: index in 0..N-1 of the executed candidate, or -1 for none.
         ghost: ``[N, H, 3]`` targets of the unguided (w = 0, same noise) candidates' final
             actions, or None.
-        gripper: ``[H]`` gripper command of the executed chunk in [-1, 1] (> 0 opens), or None.
+        gripper: ``[H]`` target gripper closure of the executed chunk after each action, in
+            [0, 1] (0 open, 1 closed; ``core.envs.EETargets.gripper``), or None.
         off_manifold: ``[N]`` bool, candidates flagged off the data manifold (drawn red).
         nonfinite: ``[N]`` bool, candidates whose denoising went NaN/inf (drawn magenta).
         polylines: extra paths (branches and the like), drawn as they are.
@@ -268,18 +270,44 @@ class _GeomWriter:
         self.segments(starts, points, width, rgba)
 
 
+def _scaled(overlay: Overlay, k: float) -> Overlay:
+    """The overlay with every path point moved to ``origin + k * (point - origin)``."""
+    o = overlay.origin
+
+    def grow(p: np.ndarray | None) -> np.ndarray | None:
+        return None if p is None else o + k * (p - o)
+
+    return replace(
+        overlay,
+        denoise=grow(overlay.denoise),
+        final=grow(overlay.final),
+        ghost=grow(overlay.ghost),
+        polylines=list(overlay.polylines),
+    )
+
+
 def draw_overlay(
-    scene: mujoco.MjvScene, overlay: Overlay, layers: OverlayLayers | None = None
+    scene: mujoco.MjvScene,
+    overlay: Overlay,
+    layers: OverlayLayers | None = None,
+    path_scale: float = 1.0,
 ) -> int:
     """Append the overlay's geoms to ``scene`` (call after ``update_scene``).
 
     Draw order is back to front in importance: extra polylines, ghost, denoising steps,
     final candidates, executed, gripper marker, so the executed path is never hidden.
 
+    Args:
+        path_scale: magnify every candidate path about the effector (1 = true size). One
+            action moves the effector at most 5 cm, so a display aid is sometimes needed;
+            whoever shows a scaled view must say so (the viewer labels it in its legend).
+
     Returns:
         The number of geoms that did not fit in ``scene.maxgeom`` (0 when all fit).
     """
     layers = layers or OverlayLayers()
+    if path_scale != 1.0:
+        overlay = _scaled(overlay, path_scale)
     w = _GeomWriter(scene)
     o = overlay.origin
     n = overlay.candidates
@@ -328,12 +356,15 @@ def draw_overlay(
         w.spheres(path[-1:], _EXECUTED_RADIUS, rgba)
 
     if layers.gripper and overlay.gripper is not None:
+        # Target opening after the first action: 0 open .. 1 closed (core.envs.EETargets).
         g = float(np.asarray(overlay.gripper, dtype=np.float64).reshape(-1)[0])
         if np.isfinite(g):
-            rgba = GRIPPER_OPEN_RGBA if g >= 0 else GRIPPER_CLOSE_RGBA
-            # The marker's size says how hard the gripper is commanded.
-            radius = _GRIPPER_RADIUS * (0.5 + 0.5 * min(abs(g), 1.0))
-            w.spheres(o[None], radius, rgba)
+            rgba = GRIPPER_CLOSE_RGBA if g >= 0.5 else GRIPPER_OPEN_RGBA
+            # At the executed first target (the effector itself hides a marker at its own
+            # position); it grows as the commanded grip closes.
+            at = overlay.final[overlay.executed, 0] if overlay.executed >= 0 else o
+            radius = _GRIPPER_RADIUS * (0.6 + 0.4 * min(max(g, 0.0), 1.0))
+            w.spheres(at[None], radius, rgba)
     return w.dropped
 
 
@@ -391,6 +422,7 @@ class SceneRenderer:
         self._effector_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, effector_site)
         self.set_preset("front")
         self.dropped_geoms = 0
+        self.path_scale = 1.0  # see draw_overlay
 
     # --- lifetime ---------------------------------------------------------------------
     def _open(self, settings: RenderSettings) -> None:
@@ -500,7 +532,7 @@ class SceneRenderer:
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.settings.reflection
         self.dropped_geoms = 0
         if overlay is not None:
-            self.dropped_geoms = draw_overlay(renderer.scene, overlay, layers)
+            self.dropped_geoms = draw_overlay(renderer.scene, overlay, layers, self.path_scale)
 
     def render(
         self,

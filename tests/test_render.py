@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -59,13 +60,18 @@ def renderer(model):
     r.close()
 
 
-def make_overlay(t=4, n=3, h=2, seed=0) -> Overlay:
+def make_overlay(t=4, n=3, h=2, seed=0, executed=1) -> Overlay:
     rng = np.random.default_rng(seed)
     origin = np.array([0.4, 0.0, 0.25])
     final = origin + np.cumsum(rng.normal(0.0, 0.04, size=(n, h, 3)), axis=1)
     denoise = np.stack([final + (1 - k / t) * rng.normal(0, 0.05, (n, h, 3)) for k in range(t)])
     ghost = final + 0.03
-    return Overlay(origin, denoise, final, executed=1, ghost=ghost, gripper=np.array([0.9, 0.9]))
+    gripper = np.full(h, 0.9)
+    return Overlay(origin, denoise, final, executed=executed, ghost=ghost, gripper=gripper)
+
+
+def only(*names: str) -> OverlayLayers:
+    return OverlayLayers(**{f.name: f.name in names for f in fields(OverlayLayers)})
 
 
 def _scene_after_update(renderer, data) -> int:
@@ -110,16 +116,14 @@ def test_draw_overlay_geom_counts_per_layer(renderer, data):
     }
     for name, count in per_layer.items():
         scene.ngeom = base
-        only = OverlayLayers(**{k: k == name for k in OverlayLayers().__dict__})
-        assert draw_overlay(scene, ov, only) == 0
+        assert draw_overlay(scene, ov, only(name)) == 0
         assert scene.ngeom - base == count, name
     scene.ngeom = base
     draw_overlay(scene, ov, OverlayLayers())
     # With the executed layer on, the executed candidate is not drawn twice.
     assert scene.ngeom - base == sum(per_layer.values()) - (2 + 1)
     scene.ngeom = base
-    off = OverlayLayers(**{k: False for k in OverlayLayers().__dict__})
-    draw_overlay(scene, ov, off)
+    draw_overlay(scene, ov, only())
     assert scene.ngeom == base
 
 
@@ -175,8 +179,16 @@ def test_polylines_drawn(renderer, data):
     base = _scene_after_update(renderer, data)
     ov = make_overlay()
     ov.polylines = [Polyline(np.array([[0.3, 0, 0.1], [0.4, 0, 0.1], [0.5, 0.1, 0.1]]))]
-    off = OverlayLayers(**{k: False for k in OverlayLayers().__dict__})
-    draw_overlay(renderer.scene, ov, off)
+    draw_overlay(renderer.scene, ov, only())
+    assert renderer.scene.ngeom - base == 2
+
+
+def test_path_scale_magnifies_about_the_origin(renderer, data):
+    base = _scene_after_update(renderer, data)
+    ov = make_overlay(t=1, n=1, h=1, executed=-1)
+    draw_overlay(renderer.scene, ov, only("final"), path_scale=3.0)
+    sphere = renderer.scene.geoms[renderer.scene.ngeom - 1]
+    assert np.allclose(sphere.pos, ov.origin + 3.0 * (ov.final[0, -1] - ov.origin), atol=1e-6)
     assert renderer.scene.ngeom - base == 2
 
 
@@ -205,7 +217,7 @@ def test_render_into_out_buffer(renderer, data):
 
 def test_camera_presets_and_mouse_motion(renderer, data):
     renderer.set_preset("top")
-    assert renderer.camera.elevation < -80
+    assert renderer.camera.elevation <= -60
     top = renderer.render(data).copy()
     renderer.set_preset("front")
     front = renderer.render(data).copy()

@@ -29,9 +29,11 @@ ENV = "cube-single-play-singletask-task2-v0"
 def app():
     require_display()
     from viewer.app import ViewerApp
-    from viewer.session import Session, Settings
+    from viewer.session import Session, Settings, default_checkpoint
 
-    session = Session(settings=Settings(env_name=ENV, steps=6, candidates=6, weight=0.03))
+    # What `qgf view` opens: the shipped default checkpoint, random weights without one.
+    settings = Settings(env_name=ENV, steps=6, candidates=6, weight=0.03)
+    session = Session(default_checkpoint(), settings=settings)
     a = ViewerApp(session)
     a.build()
     a._wait_first_frame()
@@ -78,6 +80,21 @@ def count_color(img: np.ndarray, rgba, tol: int = 30) -> int:
     return int((np.abs(img.astype(int) - rgb).max(axis=-1) < tol).sum())
 
 
+def test_opens_with_the_default_checkpoint(app):
+    import dearpygui.dearpygui as dpg
+
+    from viewer.session import default_checkpoint
+
+    shipped = default_checkpoint()
+    label = dpg.get_value(app._tags["checkpoint"])
+    if shipped is None:
+        assert app.session.label == "random weights"
+        assert "RANDOM WEIGHTS" in dpg.get_value(app._tags["label"])
+    else:
+        assert app.session.checkpoint_path == shipped.resolve()
+        assert shipped.name in label and dpg.get_value(app._tags["label"]) == ""
+
+
 def test_opens_and_renders_frames(app):
     assert app.frames_shown >= 1
     assert app.frames.stats.frames >= 1
@@ -86,9 +103,6 @@ def test_opens_and_renders_frames(app):
     for _ in range(5):
         app.frame()
     assert app.gui_frames == n + 5
-    import dearpygui.dearpygui as dpg
-
-    assert "RANDOM WEIGHTS" in dpg.get_value(app._tags["label"])
 
 
 def test_screenshot_not_blank_with_overlay_colors(app, tmp_path):
@@ -169,11 +183,22 @@ def test_estimator_and_task_switch(app):
     invoke(app._tags["estimator"], "qgf")
     settle(app)
     model = app.frame_spec.model
-    invoke(app._tags["env"], "cube-double-play-singletask-task1-v0")
+    other_task = "cube-single-play-singletask-task3-v0"
+    invoke(app._tags["env"], other_task)
     settle(app, timeout=120)
-    assert app.session.current.obs.shape == (37,)
+    assert app.session.settings.env_name == other_task and app.session.step_index == 0
     assert app.frame_spec.model is not model  # the renderer follows the new env
     assert app._buffer.std() > 0.02
+    # Another family: 37-dim observations. Random weights are rebuilt to fit; a checkpoint
+    # trained on 28 refuses, says why, and nothing changes.
+    invoke(app._tags["env"], "cube-double-play-singletask-task1-v0")
+    settle(app, timeout=120)
+    if app.session.config is None:
+        assert app.session.current.obs.shape == (37,)
+    else:
+        pump(app, lambda: "37" in app.status_text())
+        assert app.session.settings.env_name == other_task
+        assert app.session.current.obs.shape == (28,)
     invoke(app._tags["env"], ENV)
     settle(app, timeout=120)
     assert app.session.current.obs.shape == (28,)

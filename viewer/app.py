@@ -61,6 +61,10 @@ MAX_GUI_FPS = 30.0
 IDLE_GUI_FPS = 10.0
 ACTIVE_SECONDS = 0.5
 _SCREENSHOT_SETTLE_FRAMES = 3
+# The effector's neighbourhood, paths magnified: one action moves the effector at most 5 cm,
+# which at true size is a few pixels. The legend says so whenever the scale is not 1.
+DEFAULT_CAMERA = "follow"
+DEFAULT_PATH_SCALE = 3.0
 # Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
 _FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 _ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
@@ -95,6 +99,20 @@ class Message:
     text: str
     error: bool
     time: float
+
+
+def _scale_note(k: float) -> str:
+    return "" if k == 1.0 else f"paths x{k:.1f} (magnified)"
+
+
+def _nan_joined(x: np.ndarray, ys: np.ndarray) -> list[list[float]]:
+    """``x [K]`` and ``ys [K, N]`` as one polyline of N pieces separated by NaN."""
+    k, n = ys.shape
+    xs = np.full((n, k + 1), np.nan)
+    yy = np.full((n, k + 1), np.nan)
+    xs[:, :k] = x
+    yy[:, :k] = ys.T
+    return [xs.ravel().tolist(), yy.ravel().tolist()]
 
 
 def _rgb255(rgba) -> tuple[int, int, int, int]:
@@ -136,6 +154,8 @@ class ViewerApp:
             size=(self._scene_w, self._scene_h),
         )
         self.worker.after_command.append(self.frames.wake)
+        self.frames.set_preset(DEFAULT_CAMERA)
+        self.frames.set_path_scale(DEFAULT_PATH_SCALE)
         self.frame_spec: FrameSpec | None = None
         self.frames_shown = 0
         self.gui_frames = 0
@@ -422,6 +442,11 @@ class ViewerApp:
         self.frames.set_layers(**{name: value})
         dpg.set_value(self._tags[f"layer_{name}"], value)
 
+    def on_path_scale(self, sender, value, user_data=None) -> None:
+        k = float(value)
+        self.frames.set_path_scale(k)
+        dpg.set_value(self._tags["scale_note"], _scale_note(k))
+
     def on_render_flag(self, sender, value, user_data=None) -> None:
         self.frames.configure(**{str(user_data): bool(value)})
 
@@ -576,6 +601,9 @@ class ViewerApp:
                 ("/ close", GRIPPER_CLOSE_RGBA),
             ):
                 dpg.add_text(label, color=_rgb255(rgba))
+            self._tags["scale_note"] = dpg.add_text(
+                _scale_note(DEFAULT_PATH_SCALE), color=(120, 220, 255)
+            )
             self._tags["label"] = dpg.add_text("", color=(255, 200, 80))
 
     def _build_controls(self) -> None:
@@ -664,6 +692,11 @@ class ViewerApp:
                     dpg.add_button(
                         label=name, callback=cb("camera", lambda *_, n=name: self.set_camera(n))
                     )
+            t["path_scale"] = dpg.add_slider_float(
+                label="path scale", min_value=1.0, max_value=5.0,
+                default_value=DEFAULT_PATH_SCALE, width=-110,
+                format="x%.1f", callback=cb("path scale", self.on_path_scale),
+            )  # fmt: skip
             layers = self.frames.layers
             for name, label in (
                 ("denoise", "denoising steps (a_hat at each t)"),
@@ -699,30 +732,39 @@ class ViewerApp:
 
     def _build_plots(self) -> None:
         t = self._tags
+
+        def legend() -> None:
+            dpg.add_plot_legend(outside=True, location=dpg.mvPlot_Location_North, horizontal=True)
+
         with dpg.plot(label="Episode", height=PLOT_HEIGHT, width=300) as t["plot_episode"]:
-            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest)
+            legend()
             t["ep_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
             with dpg.plot_axis(dpg.mvYAxis, label="value") as t["ep_y"]:
-                t["ep_q"] = dpg.add_line_series([], [], label="Q(s, a) executed")
+                t["ep_q"] = dpg.add_line_series([], [], label="Q(s,a)")
                 t["ep_v"] = dpg.add_line_series([], [], label="V(s)")
                 t["ep_r"] = dpg.add_line_series([], [], label="reward")
                 t["ep_success"] = dpg.add_scatter_series([], [], label="success")
-        with dpg.plot(
-            label="Q(s, a_hat) along denoising (this step)", height=PLOT_HEIGHT, width=300
-        ) as (t["plot_q"]):
-            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest)
-            t["q_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (T = final)")
-            t["q_y"] = dpg.add_plot_axis(dpg.mvYAxis, label="Q")
+        with dpg.plot(label="Q(s, a_hat) along denoising", height=PLOT_HEIGHT, width=300) as (
+            t["plot_q"]
+        ):
+            legend()
+            t["q_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (T: final action)")
+            with dpg.plot_axis(dpg.mvYAxis, label="Q") as t["q_y"]:
+                # All candidates of a group in one series, separated by NaN (one draw call).
+                t["q_unguided"] = dpg.add_line_series([], [], label="w = 0", skip_nan=True)
+                t["q_guided"] = dpg.add_line_series([], [], label="guided", skip_nan=True)
+                t["q_exec"] = dpg.add_line_series([], [], label="executed")
         with dpg.plot(label="a_hat of the executed candidate", height=PLOT_HEIGHT, width=300) as (
             t["plot_a"]
         ):
-            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthWest, horizontal=True)
+            legend()
             t["a_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (faint: w = 0)")
             with dpg.plot_axis(dpg.mvYAxis, label="action") as t["a_y"]:
                 dpg.set_axis_limits(t["a_y"], -1.1, 1.1)
+                for j, name in enumerate(_ACTION_NAMES):
+                    t[f"a_u{j}"] = dpg.add_line_series([], [], label=f"##{name} w=0")
+                    t[f"a_g{j}"] = dpg.add_line_series([], [], label=name)
         self._series_themes()
-        self._q_series: list[int | str] = []
-        self._a_series: list[int | str] = []
 
     def _series_themes(self) -> None:
         def line_theme(color, weight=1.5, marker=None):
@@ -749,10 +791,18 @@ class ViewerApp:
         t = self._tags
         yellow = _rgb255(time_color(1.0))
         self._theme_guided = line_theme((yellow[0], yellow[1], yellow[2], 150))
-        self._theme_unguided = line_theme((160, 168, 180, 150))
+        # Drawn under the guided lines and wider, so a w = 0 curve that the guided one
+        # follows still shows as a grey halo.
+        self._theme_unguided = line_theme((160, 168, 180, 130), 4.0)
         self._theme_exec = line_theme((255, 255, 255, 255), 3.0)
         self._theme_dims = [line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
         self._theme_dims_ghost = [line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
+        dpg.bind_item_theme(t["q_unguided"], self._theme_unguided)
+        dpg.bind_item_theme(t["q_guided"], self._theme_guided)
+        dpg.bind_item_theme(t["q_exec"], self._theme_exec)
+        for j in range(len(_ACTION_NAMES)):
+            dpg.bind_item_theme(t[f"a_u{j}"], self._theme_dims_ghost[j])
+            dpg.bind_item_theme(t[f"a_g{j}"], self._theme_dims[j])
         dpg.bind_item_theme(t["ep_q"], line_theme((250, 210, 60, 255), 2.0))
         dpg.bind_item_theme(t["ep_v"], line_theme((90, 170, 255, 255), 2.0))
         dpg.bind_item_theme(t["ep_r"], line_theme((200, 120, 255, 255), 1.5))
@@ -897,8 +947,9 @@ class ViewerApp:
         if spec is not None and spec.version != self._plotted_version:
             self._plotted_version = spec.version
             self._plot(spec)
-            if dpg.get_value(t["env"]) != session.settings.env_name:
-                self._sync_controls()
+        # After a switch (or a refused one) the controls show what the session really has.
+        if dpg.get_value(t["env"]) != session.settings.env_name and not self.worker.busy:
+            self._sync_controls()
         playing = self.worker.playing
         dpg.configure_item(t["play"], label="Pause" if playing else "Play")
         dpg.bind_item_theme(t["play"], self._play_theme if playing else 0)
@@ -942,37 +993,31 @@ class ViewerApp:
             t["ep_success"], [curves["step"][hit].tolist(), curves["reward"][hit].tolist()]
         )
         if len(x):
-            dpg.fit_axis_data(t["ep_x"])
-            dpg.fit_axis_data(t["ep_y"])
+            values = np.concatenate([curves["q"], curves["v"], curves["reward"]])
+            values = values[np.isfinite(values)]
+            lo, hi = float(values.min()), float(values.max())
+            pad = 0.08 * (hi - lo) + 0.05
+            dpg.set_axis_limits(t["ep_y"], lo - pad, hi + pad)
+            dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
         self._plot_denoising(rec.sample, rec.chunk_step)
 
     def _plot_denoising(self, sample, chunk_step: int) -> None:
         t = self._tags
-        for item in self._q_series + self._a_series:
-            dpg.delete_item(item)
-        self._q_series, self._a_series = [], []
         g, u = sample.guided, sample.unguided
         steps = g.steps
-        k = list(range(steps + 1))
+        k = np.arange(steps + 1, dtype=np.float64)
         q_g, q_u = sample.q_denoise, sample.q_denoise_ghost  # [T+1, N]: Q(a_hat), Q(final)
-        n = q_g.shape[1]
-        # One legend entry per group: ImPlot hides labels after "##".
-        for i in range(n):
-            label = "unguided (w=0)" if i == 0 else f"##unguided{i}"
-            s = dpg.add_line_series(k, q_u[:, i].tolist(), label=label, parent=t["q_y"])
-            dpg.bind_item_theme(s, self._theme_unguided)
-            self._q_series.append(s)
-        for i in range(n):
-            label = "guided" if i == 0 else f"##guided{i}"
-            s = dpg.add_line_series(k, q_g[:, i].tolist(), label=label, parent=t["q_y"])
-            dpg.bind_item_theme(s, self._theme_guided)
-            self._q_series.append(s)
+        dpg.set_value(t["q_unguided"], _nan_joined(k, q_u))
+        dpg.set_value(t["q_guided"], _nan_joined(k, q_g))
         e = sample.executed
-        s = dpg.add_line_series(k, q_g[:, e].tolist(), label="executed", parent=t["q_y"])
-        dpg.bind_item_theme(s, self._theme_exec)
-        self._q_series.append(s)
-        dpg.fit_axis_data(t["q_x"])
-        dpg.fit_axis_data(t["q_y"])
+        dpg.set_value(t["q_exec"], [k.tolist(), q_g[:, e].astype(np.float64).tolist()])
+        finite = np.concatenate([q_g.ravel(), q_u.ravel()])
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.08 * (hi - lo) + 1e-6
+            dpg.set_axis_limits(t["q_y"], lo - pad, hi + pad)
+        dpg.set_axis_limits(t["q_x"], 0, steps)
 
         # a_hat at each step, then the final action, of the executed candidate's current
         # action in the chunk (5 env dims), guided solid and unguided faint.
@@ -980,15 +1025,14 @@ class ViewerApp:
         sl = slice(chunk_step * d, (chunk_step + 1) * d)
         a_g = np.concatenate([g.a_hat[:, e, sl].numpy(), g.final[e, sl].numpy()[None]])
         a_u = np.concatenate([u.a_hat[:, e, sl].numpy(), u.final[e, sl].numpy()[None]])
-        for j in range(d):
-            name = _ACTION_NAMES[j] if j < len(_ACTION_NAMES) else f"a{j}"
-            s = dpg.add_line_series(k, a_u[:, j].tolist(), label=f"##{name} w=0", parent=t["a_y"])
-            dpg.bind_item_theme(s, self._theme_dims_ghost[j % len(_DIM_COLORS)])
-            self._a_series.append(s)
-            s = dpg.add_line_series(k, a_g[:, j].tolist(), label=name, parent=t["a_y"])
-            dpg.bind_item_theme(s, self._theme_dims[j % len(_DIM_COLORS)])
-            self._a_series.append(s)
-        dpg.fit_axis_data(t["a_x"])
+        for j in range(len(_ACTION_NAMES)):
+            shown = j < d
+            dpg.configure_item(t[f"a_u{j}"], show=shown)
+            dpg.configure_item(t[f"a_g{j}"], show=shown)
+            if shown:
+                dpg.set_value(t[f"a_u{j}"], [k.tolist(), a_u[:, j].astype(np.float64).tolist()])
+                dpg.set_value(t[f"a_g{j}"], [k.tolist(), a_g[:, j].astype(np.float64).tolist()])
+        dpg.set_axis_limits(t["a_x"], 0, steps)
 
     def _status(self) -> None:
         t = self._tags

@@ -89,6 +89,7 @@ class FrameStream:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self.preset = "front"
+        self.path_scale = 1.0
         self.requested = 0
         self.served = 0
         self.settings: RenderSettings | None = None
@@ -147,6 +148,15 @@ class FrameStream:
         def apply(r: SceneRenderer) -> None:
             r.set_preset(name, self._data)
             self.preset = r.preset
+
+        return self._command(apply)
+
+    def set_path_scale(self, k: float) -> int:
+        """Magnify candidate paths about the effector (1 = true size; see draw_overlay)."""
+        self.path_scale = float(k)
+
+        def apply(r: SceneRenderer) -> None:
+            r.path_scale = self.path_scale
 
         return self._command(apply)
 

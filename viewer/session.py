@@ -379,6 +379,8 @@ class Session:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
         new = replace(self.settings, **changes)
         new.validate()
+        if new == self.settings:
+            return self.current
         old, self.settings = self.settings, new
         try:
             if new.env_name != old.env_name:

@@ -51,6 +51,7 @@ _STAR_COLOUR = (240, 228, 66)  # particles ending on a*'s mode
 _OFF_COLOUR = (230, 60, 40)  # particles ending off the data
 _A_STAR_MARK = (255, 255, 255)
 _DENSITY_COLOUR = (230, 159, 0)
+_PATH_COLOUR = (255, 70, 255)  # the unguided path that ends at a* (where to steer)
 _ERROR_COLOUR = (255, 110, 90)
 _GREY = (170, 170, 170)
 # One colour per estimator for the shared plots; unknown (user-registered) ones cycle.
@@ -138,6 +139,7 @@ class ToyApp:
         self.width, self.height = width, height
         self.step = session.settings.steps  # displayed denoising step k
         self.playing = False
+        self.step_per_frame = False
         self.log_scale = True
         self.background = "critic"  # 2-D heatmap: "critic" or "density"
         self.status_error = ""
@@ -335,12 +337,15 @@ class ToyApp:
             dpg.add_text("on a*'s mode", color=_STAR_COLOUR)
             dpg.add_text("on other modes", color=_MODE_COLOURS[0])
             dpg.add_text("off the data", color=_OFF_COLOUR)
-            if view.problem.dim == 1:
-                dpg.add_text("| unguided p_t (line; shading behind the paths)", color=_GREY)
-            else:
+            if view.problem.dim == 2:
                 dpg.add_text("| arrows: guided velocity v + w G at step k", color=_GREY)
+        if view.problem.dim == 1:
+            with dpg.group(horizontal=True, parent=parent):
+                dpg.add_text("white line: a*", color=_A_STAR_MARK)
+                dpg.add_text("| magenta: the unguided path that ends at a*", color=_PATH_COLOUR)
+                dpg.add_text("| shading, orange: unguided p_t", color=_DENSITY_COLOUR)
         avail_w = self.width - _CONTROLS_WIDTH - 36
-        avail_h = self.height - _STATUS_HEIGHT - 70
+        avail_h = self.height - _STATUS_HEIGHT - (90 if view.problem.dim == 1 else 70)
         if view.problem.dim == 1:
             col_w = max(int(avail_w / max(len(names), 1)) - 8, 170)
             with dpg.group(horizontal=True, parent=parent):
@@ -439,6 +444,11 @@ class ToyApp:
                 [0.0], 1, 1, parent=p["ty"], format="", scale_min=0.0, scale_max=1.0
             )
             p["lines"] = {}
+            p["star_path"] = dpg.add_line_series([], [], parent=p["ty"])
+            dpg.bind_item_theme(
+                p["star_path"],
+                self._series_theme(dpg.mvLineSeries, (*_PATH_COLOUR, 255), weight=2.5),
+            )
             p["star_mark"] = dpg.add_inf_line_series([0.0], horizontal=True, parent=p["ty"])
             dpg.bind_item_theme(
                 p["star_mark"],
@@ -464,6 +474,10 @@ class ToyApp:
             p["hist"] = dpg.add_bar_series([], [], parent=p["dy"])
             p["pdf"] = dpg.add_line_series([], [], parent=p["dy"])
             p["dstar"] = dpg.add_inf_line_series([0.0], parent=p["dy"])
+            p["dpath"] = dpg.add_inf_line_series([0.0], parent=p["dy"])
+            dpg.bind_item_theme(
+                p["dpath"], self._series_theme(dpg.mvInfLineSeries, _PATH_COLOUR, weight=2.0)
+            )
             dpg.bind_item_theme(p["hist"], self._series_theme(dpg.mvBarSeries, (190, 190, 190)))
             dpg.bind_item_theme(
                 p["pdf"], self._series_theme(dpg.mvLineSeries, _DENSITY_COLOUR, weight=2.0)
@@ -648,7 +662,8 @@ class ToyApp:
         if self.playing and view is not None:
             steps = view.settings.steps
             hold = _END_PAUSE if self.step >= steps else 1.0 / _PLAY_RATE
-            if now - self._step_clock >= hold:
+            # Scripted runs (--frames) step once per frame, so their output is reproducible.
+            if self.step_per_frame or now - self._step_clock >= hold:
                 self.step = 0 if self.step >= steps else self.step + 1
                 self._step_clock = now
                 dpg.set_value(self.ids["step"], self.step)
@@ -687,9 +702,8 @@ class ToyApp:
         unguided = 100 * view.unguided_share[view.star_component]
         dpg.set_value(
             self.ids["legend_text"],
-            "Share of particles whose guidance G points against the direction that would "
-            "raise the true Q of the action they denoise to. "
-            f"Unguided, {unguided:.0f}% end on a*'s mode. Keys: left/right step, space play.",
+            "Particles whose G points against the way that raises the true Q of the action "
+            "they end on.",
         )
         if view.problem.dim == 2 and "share_series" in self.ids:
             self._draw_shares(view)
@@ -740,6 +754,7 @@ class ToyApp:
         _set(p["heat"], bg[::-1])
         dpg.set_value(p["star_line"], float(view.a_star[0]))
         _set(p["star_mark"], [float(view.a_star[0])])
+        _set(p["star_path"], view.background_times, view.star_path)
         _set(p["dstar"], [float(view.a_star[0])])
         for series in p["lines"].values():
             dpg.delete_item(series)
@@ -757,7 +772,7 @@ class ToyApp:
             )
             x, y = _segments(paths)
             series = dpg.add_line_series(
-                _flat(x), _flat(y), segments=True, parent=p["ty"], before=p["star_mark"]
+                _flat(x), _flat(y), segments=True, parent=p["ty"], before=p["star_path"]
             )
             dpg.bind_item_theme(
                 series, self._series_theme(dpg.mvLineSeries, (*colour, 110), weight=1.0)
@@ -805,6 +820,7 @@ class ToyApp:
         _set(p["hist"], 0.5 * (edges[:-1] + edges[1:]), dens)
         dpg.configure_item(p["hist"], weight=width)
         _set(p["pdf"], view.density_grid, view.density[k])
+        _set(p["dpath"], [float(np.interp(view.times[k], view.background_times, view.star_path))])
         top = max(float(dens.max()), float(view.density[k][np.abs(view.density_grid) <= hi].max()))
         dpg.set_axis_limits(p["dy"], 0.0, 1.1 * top)
 
@@ -851,6 +867,7 @@ class ToyApp:
             waited = f" {now - since:.1f}s" if since is not None else ""
             fitting = " (fitting critic)" if self.session.settings.critic == "fitted" else ""
             parts.append(f"computing{fitting}{waited}")
+        parts.append("keys: left/right step, space play")
         dpg.set_value(self.ids["status"], "  |  ".join(parts))
         dpg.set_value(self.ids["status_error"], self.status_error)
 
@@ -862,12 +879,14 @@ def run_app(
     frames: int | None = None,
     screenshot: str | None = None,
     on_frame: Callable[[ToyApp, int], None] | None = None,
+    play: bool = False,
 ) -> ToyApp:
     """Open the window and run until closed, or for ``frames`` frames.
 
     With ``frames`` the first view is computed before the first frame (so a screenshot
-    shows content), the animation stays on the last step, and ``screenshot`` (a PNG path)
-    is saved from the last frame. ``on_frame(app, i)`` runs before each frame (for tests).
+    shows content) and ``screenshot`` (a PNG path) is saved from the last frame; the
+    animation stays on the last step unless ``play``, which then advances one denoising
+    step per frame. ``on_frame(app, i)`` runs before each frame (for tests).
     """
     dpg.create_context()
     try:
@@ -878,6 +897,9 @@ def run_app(
         dpg.show_viewport()
         if frames is not None:
             session.compute()
+            if play:
+                app.playing, app.step_per_frame, app.step = True, True, 0
+                dpg.set_value(app.ids["play"], True)
         else:
             app.playing = True
             dpg.set_value(app.ids["play"], True)
@@ -919,5 +941,6 @@ def main(args: Any) -> int:
         height=int(getattr(args, "height", None) or 800),
         frames=frames,
         screenshot=screenshot,
+        play=bool(getattr(args, "play", False)),
     )
     return 0

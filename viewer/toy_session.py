@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from core.guidance import ESTIMATORS, GuidanceStep, guided_sample
-from core.toy import PROBLEMS, MixtureFlow, ToyProblem, fit_critic, misdirected_fraction
+from core.toy import (
+    PROBLEMS,
+    MixtureFlow,
+    ToyProblem,
+    fit_critic,
+    misdirected_fraction,
+    path_to,
+)
 
 CRITICS = ("exact", "fitted")
 """``exact``: Q = -||a - a*|| everywhere. ``fitted``: an MLP fitted on data samples only."""
@@ -176,6 +183,8 @@ class ToyView:
         density: ``[T+1, G]`` (1-D) unguided marginal p_t at each step's t.
         background: ``[G, TIME_COLUMNS]`` (1-D) p_t on (a, t), each column scaled to max 1.
         background_times: ``[TIME_COLUMNS]``.
+        star_path: ``[TIME_COLUMNS]`` (1-D) where the unguided flow is at each of those
+            times if it ends at a* (``core.toy.path_to``): where guidance should steer.
         heat_critic: ``[H, H]`` (2-D) critic value on the grid, row 0 at the top (y max).
         heat_density: ``[T+1, H, H]`` (2-D) unguided p_t per step, same layout.
         heat_axis: ``[H]`` (2-D) grid coordinates along each axis (ascending).
@@ -198,6 +207,7 @@ class ToyView:
     density: np.ndarray
     background: np.ndarray
     background_times: np.ndarray
+    star_path: np.ndarray
     heat_critic: np.ndarray
     heat_density: np.ndarray
     heat_axis: np.ndarray
@@ -400,6 +410,7 @@ class ToySession:
         times = np.arange(steps + 1) / steps
         empty = np.zeros((0,))
         density_grid, density, background, background_times = empty, empty, empty, empty
+        star_path = empty
         heat_critic, heat_density, heat_axis = empty, empty, empty
         if d == 1:
             grid = torch.linspace(
@@ -410,6 +421,7 @@ class ToySession:
             background_times = np.linspace(0.0, 1.0, TIME_COLUMNS)
             cols = np.stack([_np(flow.density(grid[:, None], float(t))) for t in background_times])
             background = (cols / cols.max(axis=1, keepdims=True)).T
+            star_path = _np(path_to(mixture, settings.a_star[0], torch.as_tensor(background_times)))
         else:
             ax = torch.linspace(-PLOT_LIMIT, PLOT_LIMIT, HEAT_POINTS, dtype=torch.float64)
             # Row 0 is the top of the picture (largest y), as implot's heat series expects.
@@ -443,6 +455,7 @@ class ToySession:
             density=density,
             background=background,
             background_times=background_times,
+            star_path=star_path,
             heat_critic=heat_critic,
             heat_density=heat_density,
             heat_axis=heat_axis,
