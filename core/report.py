@@ -39,6 +39,9 @@ from core.manifold import DataManifold
 
 ORACLE = "best_of_n"
 DATA = "data"
+# Spans the reference evaluation's sweep (0.004 .. 0.12) and goes past it, where guidance
+# is expected to leave the data.
+DEFAULT_SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -101,6 +104,8 @@ class DiagnoseReport:
         manifold: the manifold's settings and threshold.
         results: one ``EstimatorResult`` per estimator, then the oracle, then the data.
         oracle_q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
+        sweep: one row per (weight, guided estimator): Q gap to the oracle, distance to the
+            data, off-manifold share (``_sweep_row``); the report's weight is among them.
         wall_time_s: total time.
     """
 
@@ -116,6 +121,7 @@ class DiagnoseReport:
     manifold: dict
     results: list[EstimatorResult]
     oracle_q_by_n: list[float]
+    sweep: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
 
     def result(self, name: str) -> EstimatorResult:
@@ -179,6 +185,52 @@ def _data_q(critic: QFn, obs: Tensor, data_actions: Tensor | None, width: int) -
         return critic(obs, data_actions.to(obs)).cpu().double().numpy()
 
 
+@dataclass
+class Oracle:
+    """The best-of-N oracle: unguided sampling of N candidates per state, argmax Q.
+
+    Attributes:
+        actions: ``[S, A]`` the kept candidate of each state.
+        q: ``[S]`` its Q.
+        q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
+        nonfinite: states with a non-finite candidate.
+        seconds: wall time of the sampling call.
+    """
+
+    actions: Tensor
+    q: Tensor
+    q_by_n: list[float]
+    nonfinite: int
+    seconds: float
+
+
+def best_of_n_oracle(
+    policy: VelocityFn, critic: QFn, obs: Tensor, noise: Tensor, steps: int
+) -> Oracle:
+    """Best-of-N from ``noise [S, N, A]`` (``initial_noise``), in one sampler call."""
+    n_states, best_of, width = noise.shape
+    start = time.perf_counter()
+    trace = guided_sample(
+        policy,
+        critic,
+        obs,
+        estimator="none",
+        weight=0.0,
+        steps=steps,
+        noise=noise.reshape(n_states * best_of, width),
+        best_of=best_of,
+    )
+    seconds = time.perf_counter() - start
+    q_all = trace.q_final.view(n_states, best_of)
+    return Oracle(
+        actions=trace.actions,
+        q=q_all.gather(1, trace.chosen[:, None]).squeeze(1),
+        q_by_n=[float(v) for v in torch.cummax(q_all, dim=1).values.mean(dim=0)],
+        nonfinite=int(trace.nonfinite_rows.sum()),
+        seconds=seconds,
+    )
+
+
 def estimator_analyses(
     policy: VelocityFn,
     critic: QFn,
@@ -192,6 +244,7 @@ def estimator_analyses(
     seed: int = 0,
     data_actions: Tensor | None = None,
     horizon: int = 1,
+    oracle: Oracle | None = None,
 ) -> tuple[list[EstimatorResult], list[float]]:
     """Final actions of every estimator and of the best-of-N oracle, their Q and distances.
 
@@ -207,6 +260,8 @@ def estimator_analyses(
         data_actions: ``[S, A']`` the dataset's actions at these states, for the ``data``
             entry (its Q is computed only when ``A'`` is the policy's width).
         horizon: the policy's chunk length H (distances between actions divide by sqrt(H)).
+        oracle: the best-of-N oracle for these states and this seed, when already computed
+            (it does not depend on the weight).
 
     Returns:
         ``(results, oracle_q_by_n)``: one ``EstimatorResult`` per estimator, then the oracle
@@ -234,22 +289,8 @@ def estimator_analyses(
             **extra,
         )
 
-    start = time.perf_counter()
-    bon = guided_sample(
-        policy,
-        critic,
-        obs,
-        estimator="none",
-        weight=0.0,
-        steps=steps,
-        noise=noise.reshape(n_states * best_of, width),
-        best_of=best_of,
-    )
-    oracle_seconds = time.perf_counter() - start
-    oracle = bon.actions
-    q_all = bon.q_final.view(n_states, best_of)
-    q_by_n = torch.cummax(q_all, dim=1).values.mean(dim=0)
-    oracle_q = q_all.gather(1, bon.chosen[:, None]).squeeze(1)
+    if oracle is None:
+        oracle = best_of_n_oracle(policy, critic, obs, noise, steps)
 
     results = []
     for name in estimators:
@@ -263,7 +304,7 @@ def estimator_analyses(
                 name,
                 trace.actions,
                 trace.q_final,
-                oracle,
+                oracle.actions,
                 nonfinite=int(trace.nonfinite.sum()),
                 seconds=seconds,
             )
@@ -271,17 +312,17 @@ def estimator_analyses(
     results.append(
         measure(
             ORACLE,
-            oracle,
-            oracle_q,
-            oracle,
-            nonfinite=int(bon.nonfinite_rows.sum()),
-            seconds=oracle_seconds,
+            oracle.actions,
+            oracle.q,
+            oracle.actions,
+            nonfinite=oracle.nonfinite,
+            seconds=oracle.seconds,
         )
     )
     if data_actions is not None:
         found = manifold.query(obs, data_actions)
         first = data_actions[:, : min(width, data_actions.shape[1])]
-        to_oracle = torch.linalg.vector_norm(first - oracle[:, : first.shape[1]], dim=-1)
+        to_oracle = torch.linalg.vector_norm(first - oracle.actions[:, : first.shape[1]], dim=-1)
         results.append(
             EstimatorResult(
                 name=DATA,
@@ -294,7 +335,7 @@ def estimator_analyses(
                 .numpy(),
             )
         )
-    return results, [float(v) for v in q_by_n]
+    return results, oracle.q_by_n
 
 
 # ---------------------------------------------------------------------- figures
@@ -432,8 +473,66 @@ def figure_distance(report: DiagnoseReport) -> Figure:
     return fig
 
 
+def figure_weights(report: DiagnoseReport) -> Figure:
+    """Q gap to the oracle, distance to the data and off-manifold share against the weight."""
+    colours = _colours([r.name for r in report.results])
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    names = list(dict.fromkeys(row["estimator"] for row in report.sweep))
+    panels = (
+        ("q_minus_oracle", "Q(action) - Q(oracle action), mean"),
+        ("distance", "distance to the data, mean"),
+        ("off_manifold_fraction", "share of actions off the manifold (%)"),
+    )
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for name in names:
+            rows = sorted((r for r in report.sweep if r["estimator"] == name), key=_weight)
+            y = [r[key] if key == "off_manifold_fraction" else r[key]["mean"] for r in rows]
+            y = [100 * v for v in y] if key == "off_manifold_fraction" else y
+            ax.plot([r["weight"] for r in rows], y, "o-", color=colours[name], label=name)
+        for ref in ("none", DATA):
+            if ref not in colours:
+                continue
+            s = report.result(ref).summary()
+            if key == "q_minus_oracle" and ref == DATA:
+                continue
+            value = {
+                "q_minus_oracle": report.q_gap(ref)["mean"],
+                "distance": s["distance"]["mean"],
+                "off_manifold_fraction": 100 * s["off_manifold_fraction"],
+            }[key]
+            name = "none (unguided)" if ref == "none" else "data (dataset actions)"
+            ax.axhline(value, color=colours[ref], ls=":", label=name)
+        if key == "q_minus_oracle":
+            ax.axhline(0.0, color="black", ls="--", label=f"best-of-{report.best_of} oracle")
+        if key == "distance":
+            line = ax.axhline(report.manifold["threshold"], color="red", ls="--")
+            ax.legend([line], ["off-manifold threshold"], fontsize=7)
+        ax.axvline(report.weight, color="0.7", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(
+        [line for line in axes[2].get_lines() if line.get_linestyle() == ":"],
+        [line.get_label() for line in axes[2].get_lines() if line.get_linestyle() == ":"],
+        fontsize=7,
+    )
+    fig.suptitle(
+        f"{report.env}: {len(report.rows)} states, same noise at every weight "
+        f"(grey line: the report's w = {report.weight:g})",
+        fontsize=9,
+    )
+    return fig
+
+
+def _weight(row: dict) -> float:
+    return row["weight"]
+
+
 def write_report(report: DiagnoseReport, out: str | os.PathLike) -> dict[str, Path]:
-    """Write ``diagnose.json`` and the three figures into directory ``out`` (atomically)."""
+    """Write ``diagnose.json`` and the figures into directory ``out`` (each atomically)."""
     from core.checkpoints import write_json_atomic
 
     out = Path(out)
@@ -446,6 +545,8 @@ def write_report(report: DiagnoseReport, out: str | os.PathLike) -> dict[str, Pa
         )
     paths["q"] = _save(figure_q(report), out / "q_final.png")
     paths["distance"] = _save(figure_distance(report), out / "distance_to_data.png")
+    if report.sweep:
+        paths["weights"] = _save(figure_weights(report), out / "by_weight.png")
     return paths
 
 
@@ -463,6 +564,7 @@ def diagnose_checkpoint(
     eps: float = 0.05,
     k: int = 32,
     seed: int = 0,
+    sweep: Sequence[float] = DEFAULT_SWEEP,
     device: str | torch.device = "cpu",
 ) -> DiagnoseReport:
     """Run every analysis of the report on a checkpoint.
@@ -478,6 +580,9 @@ def diagnose_checkpoint(
         eps: scale of the action noise in the noise-sensitivity analysis.
         k: nearest states per distance query.
         seed: seed of the state draw and of the initial noise.
+        sweep: further weights at which every guided estimator's Q gap to the oracle,
+            distance to the data and off-manifold share are summarised (same states, same
+            noise, same oracle); empty for none.
         device: where the networks and the manifold run.
     """
     from core.checkpoints import load_checkpoint, load_dataset_sample
@@ -494,6 +599,9 @@ def diagnose_checkpoint(
     obs = torch.as_tensor(sample.observations[rows], dtype=torch.float32, device=device)
     data_actions = torch.as_tensor(sample.actions[rows], dtype=torch.float32, device=device)
 
+    noise = initial_noise(len(rows), best_of, config.chunk_dim, seed, obs.dtype).to(device)
+    oracle = best_of_n_oracle(policy, critic, obs, noise, steps)
+    common = dict(steps=steps, best_of=best_of, seed=seed, horizon=config.horizon, oracle=oracle)
     results, q_by_n = estimator_analyses(
         policy,
         critic,
@@ -501,12 +609,22 @@ def diagnose_checkpoint(
         obs,
         estimators=estimators,
         weight=weight,
-        steps=steps,
-        best_of=best_of,
-        seed=seed,
         data_actions=data_actions,
-        horizon=config.horizon,
+        **common,
     )
+    # `none` ignores the weight; its primary result stands for every weight.
+    guided = [e for e in estimators if e != "none"]
+    rows_by_weight = []
+    for w in sorted({float(w) for w in sweep} | {float(weight)}):
+        if w == weight:
+            at_w = results
+        else:
+            at_w, _ = estimator_analyses(
+                policy, critic, manifold, obs, estimators=guided, weight=w, **common
+            )
+        for r in at_w:
+            if r.name in guided:
+                rows_by_weight.append(_sweep_row(w, r, oracle))
     return DiagnoseReport(
         checkpoint=str(checkpoint),
         env=config.env,
@@ -520,8 +638,22 @@ def diagnose_checkpoint(
         manifold=manifold_summary(manifold, config.horizon),
         results=results,
         oracle_q_by_n=q_by_n,
+        sweep=rows_by_weight,
         wall_time_s=time.perf_counter() - started,
     )
+
+
+def _sweep_row(weight: float, result: EstimatorResult, oracle: Oracle) -> dict:
+    gap = result.q_final - oracle.q.cpu().double().numpy()
+    return {
+        "weight": weight,
+        "estimator": result.name,
+        "q_final": _stats(result.q_final),
+        "q_minus_oracle": _stats(gap),
+        "distance": _stats(result.distance),
+        "off_manifold_fraction": float(np.mean(result.off_manifold)),
+        "nonfinite": result.nonfinite,
+    }
 
 
 def manifold_summary(manifold: DataManifold, policy_horizon: int) -> dict:

@@ -28,12 +28,34 @@ from core.report import (
     diagnose_checkpoint,
     figure_distance,
     figure_q,
+    figure_weights,
     pick_states,
     write_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "cube-single-play-singletask-task2-v0"
+DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
+
+
+def _shipped(env: str = DEFAULT_ENV) -> Path | None:
+    """The shipped checkpoint for ``env`` under checkpoints/, found by its config."""
+    for config in sorted((ROOT / "checkpoints").glob("*/config.json")):
+        if json.loads(config.read_text()).get("env") == env:
+            return config.parent
+    return None
+
+
+SHIPPED = _shipped()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small networks on a shared 2-core machine: with 2 intra-op threads every small op waited
+    for a descheduled worker thread, and this module ran 4x slower (121 s against 27 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
@@ -61,7 +83,9 @@ def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
     return path
 
 
-SETTINGS = dict(states=12, estimators=["none", "qgf", "ood"], weight=1.5, best_of=4, k=8, seed=3)
+SETTINGS = dict(
+    states=12, estimators=["none", "qgf", "ood"], weight=1.5, best_of=4, k=8, seed=3, sweep=[0.2]
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +147,18 @@ def test_report_numbers_are_what_the_sampler_says(tiny):
     assert np.abs(own - manifold.calibration.numpy()[None, :]).min(axis=1).max() < 1e-5
 
 
+def test_sweep_rows_at_the_report_weight_are_the_main_results(tiny):
+    _, _, _, data = tiny
+    assert {r["weight"] for r in data["sweep"]} == {0.2, 1.5}
+    assert {r["estimator"] for r in data["sweep"]} == {"qgf", "ood"}  # none ignores w
+    for r in data["sweep"]:
+        if r["weight"] == 1.5:
+            main = data["summary"][r["estimator"]]
+            assert r["distance"] == main["distance"]
+            assert r["q_minus_oracle"] == main["q_minus_oracle"]
+            assert r["off_manifold_fraction"] == main["off_manifold_fraction"]
+
+
 def test_estimators_differ_so_the_comparison_is_not_vacuous(tiny):
     _, _, _, data = tiny
     q = {name: np.array(data["per_state"][name]["q_final"]) for name in ("none", "qgf", "ood")}
@@ -148,7 +184,14 @@ def test_figures_plot_the_report_numbers(tiny):
     threshold = next(line for line in ax_d.lines if "threshold" in line.get_label())
     assert threshold.get_ydata()[0] == pytest.approx(data["manifold"]["threshold"])
 
-    for key in ("q", "distance"):
+    fig = figure_weights(report)
+    for name in ("qgf", "ood"):
+        line = next(li for li in fig.axes[1].lines if li.get_label() == name)
+        assert list(line.get_xdata()) == [0.2, 1.5]
+        rows = [r for r in data["sweep"] if r["estimator"] == name]
+        assert list(line.get_ydata()) == [r["distance"]["mean"] for r in rows]
+
+    for key in ("q", "distance", "weights"):
         image = imread(paths[key])
         assert image.shape[0] > 300 and image.shape[1] > 600
         assert image[..., :3].std() > 0.05  # not blank
@@ -172,7 +215,7 @@ def test_default_weight_comes_from_eval_json(tmp_path):
 
 def test_chunked_checkpoint_compares_first_actions(tmp_path):
     ck = _tiny_checkpoint(tmp_path / "chunked", horizon=3)
-    report = diagnose_checkpoint(ck, states=6, estimators=["qgf"], best_of=2, k=4)
+    report = diagnose_checkpoint(ck, states=6, estimators=["qgf"], best_of=2, k=4, sweep=())
     assert report.manifold["compares"] == "the first 1 of 3 actions of each chunk"
     assert np.isnan(report.result(DATA).q_final).all()  # a single action has no chunk Q
     paths = write_report(report, tmp_path / "out")
@@ -184,7 +227,7 @@ def test_cli_writes_json_and_figures(tmp_path, capsys):
     out = tmp_path / "report"
     rc = cli_main(
         ["diagnose", str(ck), "--states", "8", "--estimators", "qgf,bptt", "--best-of", "2",
-         "--out", str(out)]
+         "--sweep", "0.1", "--out", str(out)]
     )  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
@@ -195,12 +238,22 @@ def test_cli_writes_json_and_figures(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason=f"shipped checkpoint {SHIPPED} not present")
+@pytest.mark.skipif(SHIPPED is None, reason=f"no checkpoint for {DEFAULT_ENV} under checkpoints/")
 def test_report_on_the_shipped_checkpoint(tmp_path):
-    report = diagnose_checkpoint(SHIPPED, states=32, best_of=8)
+    report = diagnose_checkpoint(SHIPPED, states=32, best_of=8, sweep=(0.3,))
     paths = write_report(report, tmp_path)
     data = json.loads(paths["json"].read_text())
-    assert len(data["rows"]) == 32
+    assert len(data["rows"]) == 32 and set(paths) == {"json", "q", "distance", "weights"}
     for r in report.results:
-        assert np.isfinite(r.distance).all()
-    assert data["summary"][ORACLE]["q_minus_oracle"]["mean"] == 0.0
+        assert np.isfinite(r.distance).all() and r.nonfinite == 0
+    # One number recomputed from the sampler: QGF's mean Q at the report's weight.
+    policy, critic, config = load_checkpoint(SHIPPED)
+    obs = torch.tensor(load_dataset_sample(SHIPPED).observations[data["rows"]])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(32 * 8, config.chunk_dim, generator=gen).view(32, 8, -1)[:, 0]
+    trace = guided_sample(
+        policy, critic, obs, "qgf", weight=report.weight, steps=report.steps, noise=noise
+    )
+    assert data["summary"]["qgf"]["q_final"]["mean"] == pytest.approx(
+        float(trace.q_final.mean()), abs=1e-4
+    )

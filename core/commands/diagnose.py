@@ -12,6 +12,10 @@ def _names(text: str) -> list[str] | None:
     return None if names == ["all"] else names
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory")
     parser.add_argument("--states", type=int, default=256, help="states from the data sample")
@@ -26,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--best-of", type=int, default=16, help="N of the best-of-N oracle")
     parser.add_argument("--eps", type=float, default=0.05, help="noise-sensitivity eps")
     parser.add_argument("--k", type=int, default=32, help="nearest states per distance query")
+    parser.add_argument(
+        "--sweep",
+        type=_floats,
+        default=None,
+        help="weights for the by-weight figure, comma-separated ('' for none; "
+        "default 0.003,0.01,0.03,0.1,0.3,1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -36,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from core.report import diagnose_checkpoint, write_report
+    from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         eps=args.eps,
         k=args.k,
         seed=args.seed,
+        sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
         device=args.device,
     )
     out = args.out or f"diagnose-{Path(args.checkpoint).resolve().name}"
