@@ -230,7 +230,9 @@ class DataManifold:
         if self.states.shape[0] == 0:
             raise ValueError("the reference set is empty")
         if self.source_rows is None:
-            self.source_rows = torch.full((self.states.shape[0],), -1, dtype=torch.long)
+            self.source_rows = torch.full(
+                (self.states.shape[0],), -1, dtype=torch.long, device=self.states.device
+            )
         if self.actions.shape[1] % self.horizon:
             raise ValueError(
                 f"action width {self.actions.shape[1]} is not a multiple of horizon {self.horizon}"
