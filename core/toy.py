@@ -173,6 +173,14 @@ class GaussianMixture:
             weights=self.weights,
         )
 
+    def cdf(self, x: Tensor) -> Tensor:
+        """``[N]`` the distribution function at ``x [N]`` (1-D mixtures only)."""
+        if self.dim != 1:
+            raise ValueError("cdf is defined for 1-D mixtures only")
+        means, stds, weights = self._params(x)
+        z = (x[:, None] - means[None, :, 0]) / (stds[None] * math.sqrt(2.0))
+        return (weights[None] * 0.5 * (1.0 + torch.erf(z))).sum(-1)
+
     def assign(self, x: Tensor) -> Tensor:
         """``[N]`` the most responsible component for each ``x [N, d]``."""
         return self.component_log_prob(x).argmax(dim=-1)
@@ -393,6 +401,34 @@ def mixture_2d() -> ToyProblem:
 
 PROBLEMS = {1: tri_modal_1d, 2: mixture_2d}
 """The toy problem for each action dimension."""
+
+
+def path_to(mixture: GaussianMixture, a_1: float, times: Tensor, iters: int = 60) -> Tensor:
+    """``[len(times)]`` where the unguided flow is at each time if it ends at ``a_1`` (1-D).
+
+    A 1-D flow preserves order, so its path through ``a_1`` keeps the same quantile:
+    ``F_t(x_t) = F_1(a_1)`` with ``F_t`` the closed-form CDF of ``p_t``, solved by
+    bisection. This is where guidance must steer a particle at time ``t`` for it to end
+    at ``a_1``; OOD guidance steers it to ``a_1`` itself.
+    """
+    if mixture.dim != 1:
+        raise ValueError("path_to is defined for 1-D mixtures only")
+    t = times.to(torch.float64)[:, None]  # [T, 1]
+    mu = mixture.means[:, 0].double()[None]  # [1, K]
+    sd = mixture.stds.double()[None]
+    w = mixture.weights.double()[None]
+    centre = t * mu  # [T, K]
+    spread = torch.sqrt((1.0 - t) ** 2 + t**2 * sd**2) * math.sqrt(2.0)
+    target = mixture.cdf(torch.tensor([float(a_1)], dtype=torch.float64))
+    lo = torch.full_like(t[:, 0], -10.0)
+    hi = torch.full_like(t[:, 0], 10.0)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        cdf = (w * 0.5 * (1.0 + torch.erf((mid[:, None] - centre) / spread))).sum(-1)
+        below = cdf < target
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def misdirected_fraction(

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from core.guidance import ESTIMATORS, guided_sample
+from core.guidance import ESTIMATORS, euler, guided_sample
 from core.toy import (
     DistanceCritic,
     GaussianMixture,
@@ -16,6 +16,7 @@ from core.toy import (
     fit_critic,
     misdirected_fraction,
     mixture_2d,
+    path_to,
     tri_modal_1d,
 )
 
@@ -336,3 +337,20 @@ def test_bptt_gradient_is_unstable_at_large_weight():
     off = problem.mixture.off_data
     assert float(off(bptt.actions).double().mean()) > 0.3
     assert float(off(qgf.actions).double().mean()) < 0.1
+
+
+def test_path_to_is_the_unguided_path_that_ends_there():
+    """Integrating the exact flow from the path's start lands on the target; the path is
+    the quantile path (its CDF level is the target's at every t)."""
+    problem = tri_modal_1d()
+    times = torch.linspace(0, 1, 11, dtype=F64)
+    for target in (-0.35, -0.7, 0.1):
+        path = path_to(problem.mixture, target, times)
+        assert float(path[-1]) == pytest.approx(target, abs=1e-9)
+        start = path[:1, None]
+        end = euler(problem.flow(), torch.zeros(1, 0, dtype=F64), start, 2000, clip=False)
+        assert float(end) == pytest.approx(target, abs=2e-3)
+        level = problem.mixture.cdf(torch.tensor([target], dtype=F64))
+        for t, x in zip(times, path, strict=True):
+            got = problem.mixture.marginal(float(t)).cdf(x.reshape(1))
+            assert float(got) == pytest.approx(float(level), abs=1e-9)
