@@ -2,8 +2,11 @@
 
 Example::
 
-    qgf record checkpoints/cube-single-play-singletask-task2-v0 \\
+    qgf record checkpoints/cube-single-task2 \\
         --weights 0,0.02,0.08 --estimators qgf --episodes 2 --seed 0 --out video.mp4
+
+With no checkpoint argument the shipped one for cube-single task 2 is used; ``--random-weights``
+records untrained networks (to try the pipeline before any training).
 
 Every option, the output path and the checkpoint are checked before any env is made or frame
 rendered; a mistake ends the command with a message and exit status 2.
@@ -162,7 +165,7 @@ def _settings(args: argparse.Namespace, flow_steps: int):
         estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
         episodes=args.episodes,
         seed=args.seed,
-        steps=args.steps or flow_steps,
+        steps=flow_steps if args.steps is None else args.steps,
         candidates=args.candidates,
         best_of=args.best_of,
         max_steps=args.max_steps,
