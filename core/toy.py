@@ -243,7 +243,7 @@ class DistanceCritic(nn.Module):
         self.register_buffer("a_star", torch.as_tensor(a_star, dtype=torch.float64).reshape(-1))
 
     def forward(self, obs: Tensor, a: Tensor) -> Tensor:
-        return -torch.linalg.vector_norm(a - self.a_star.to(a.dtype), dim=-1)
+        return -torch.linalg.vector_norm(a - self.a_star.to(a.device, a.dtype), dim=-1)
 
 
 @dataclass
@@ -267,7 +267,8 @@ class FittedCritic(nn.Module):
     """A small MLP ``Q(obs, a) -> [B]`` (``obs`` ignored) fitted by ``fit_critic``.
 
     Runs in its parameters' dtype; inputs of another dtype are cast in and the output is
-    cast back, so it serves float32 and float64 samplers alike.
+    cast back, so it serves float32 and float64 samplers alike. ``fit_critic`` fits it on
+    the CPU: move it (``.to(device)``) to sample on another device.
     """
 
     def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), layer_norm: bool = True):

@@ -202,6 +202,7 @@ def test_window_runs_survives_errors_and_saves_a_screenshot(tmp_path):
     from xvfb import require_display
 
     require_display()
+    import dearpygui.dearpygui as dpg
     import imageio.v3 as iio
 
     from viewer.toy_app import run_app
@@ -224,6 +225,13 @@ def test_window_runs_survives_errors_and_saves_a_screenshot(tmp_path):
             app.session.wait(timeout=120)
         if i == 7:
             seen["layout_2d"] = app._layout
+            # Drag a* in the first panel (the drag point's own callback): the session and
+            # the other panels follow.
+            first, second = (app._panels[n]["star"] for n in ("none", "ood"))
+            dpg.set_value(first, [0.5, -0.5])
+            app._on_drag_star_2d(first, None, None)
+            seen["a_star"] = app.session.settings.a_star
+            seen["other_point"] = dpg.get_value(second)[:2]
 
     shot = tmp_path / "toy.png"
     settings = ToySettings(weight=0.1, estimators=("none", "ood", "qgf"), **SMALL)
@@ -240,6 +248,8 @@ def test_window_runs_survives_errors_and_saves_a_screenshot(tmp_path):
     assert seen["shares_after"]["qgf"] > seen["shares_before"]["qgf"]
     assert seen["layout_1d"][0] == 1 and seen["layout_2d"][0] == 2
     assert app.session.settings.weight == pytest.approx(1.0)
+    assert seen["a_star"] == (0.5, -0.5)
+    assert seen["other_point"] == pytest.approx([0.5, -0.5])
 
     image = iio.imread(shot)
     assert image.shape[0] >= 600 and image.shape[1] >= 900
