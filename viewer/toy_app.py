@@ -26,6 +26,7 @@ from typing import Any
 
 import dearpygui.dearpygui as dpg
 import numpy as np
+import torch
 
 from core.guidance import ESTIMATOR_DOCS, ESTIMATORS
 from viewer.toy_session import (
@@ -931,6 +932,9 @@ def run_app(
 def main(args: Any) -> int:
     """Entry for ``qgf view --toy``: ``args`` has ``frames``, ``screenshot``, ``width``,
     ``height`` (the viewer's CLI options)."""
+    # The toy's tensors are small; a second intra-op thread only competes with the window
+    # (and, on a busy 2-core machine, slowed the toy's work several-fold).
+    torch.set_num_threads(1)
     frames = getattr(args, "frames", None)
     screenshot = getattr(args, "screenshot", None)
     if screenshot and frames is None:
