@@ -167,6 +167,21 @@ def test_every_registered_estimator_draws():
 # ---------------------------------------------------------------- background work
 
 
+def test_views_come_before_their_diagnostics():
+    session = ToySession(ToySettings(estimators=("none", "ood"), **SMALL))
+    early, traces = session._compute(session.settings)
+    assert all(np.isnan(run.misdirected).all() for run in early.runs.values())
+    full = session._with_diagnostics(early, traces)
+    assert np.isfinite(full.runs["ood"].misdirected).all()
+    assert np.isnan(full.runs["none"].misdirected).all()  # G = 0: no opinion
+    assert np.array_equal(full.runs["ood"].a_t, early.runs["ood"].a_t)
+    try:
+        session.request()
+        assert np.isfinite(session.wait(timeout=120).runs["ood"].misdirected).all()
+    finally:
+        session.close()
+
+
 def test_requests_are_coalesced_and_the_latest_settings_win():
     session = ToySession(ToySettings(estimators=("qgf",), **SMALL))
     try:

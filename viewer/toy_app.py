@@ -710,8 +710,10 @@ class ToyApp:
             self._draw_shares(view)
         for name, series in self.ids["wrong_series"].items():
             run = view.runs[name]
-            frac = np.nan_to_num(run.misdirected, nan=0.0)
-            _set(series, view.times[:-1], frac)
+            if np.isnan(run.misdirected).all():  # not computed yet (or G was always 0)
+                _set(series, [], [])
+            else:
+                _set(series, view.times[:-1], np.nan_to_num(run.misdirected, nan=0.0))
         for name, run in view.runs.items():
             p = self._panels[name]
             if view.problem.dim == 1:

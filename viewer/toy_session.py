@@ -5,7 +5,8 @@ same noise on the exact toy flow (``core.toy``), and packs what the window draws
 immutable ``ToyView`` of numpy arrays. The window only reads views and sends ``update``
 commands. Work runs either synchronously (``compute``, for tests and scripts) or on one
 background thread (``request`` / ``poll``), so dragging a slider or a* never freezes the
-window: requests that arrive while a view is being computed are coalesced into one.
+window: requests that arrive while a view is being computed are coalesced into one, and a
+view is shown as soon as its samples are drawn, before its slower diagnostics.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.guidance import ESTIMATORS, GuidanceStep, guided_sample
+from core.guidance import ESTIMATORS, DenoiseTrace, GuidanceStep, guided_sample
 from core.toy import (
     PROBLEMS,
     MixtureFlow,
@@ -138,7 +139,8 @@ class EstimatorRun:
         off_data: ``[N]`` True where a final action is off the data (> 3 stds from every mode).
         grad: ``[T, N, d]`` the estimator's gradient G at each step.
         misdirected: ``[T]`` fraction of particles whose G points away from where the true
-            Q would send them (``core.toy.misdirected_fraction``); NaN where G is 0.
+            Q would send them (``core.toy.misdirected_fraction``); NaN where G is 0, and
+            everywhere in a view published before this slower diagnostic was computed.
         field: ``[T, M, d]`` guided velocity ``v + w G`` on the 2-D arrow grid (empty in 1-D).
         star_share: fraction of final actions on a*'s mode.
         off_share: fraction of final actions off the data.
@@ -294,6 +296,8 @@ class ToySession:
         self._executor: ThreadPoolExecutor | None = None
         self._future: Future | None = None
         self._pending = False
+        self._early: ToyView | None = None  # published by the worker before diagnostics
+        self._lock = threading.Lock()
         self.busy_since: float | None = None
 
     # ---------------------------------------------------------------- settings
@@ -334,9 +338,9 @@ class ToySession:
 
     def compute(self, settings: ToySettings | None = None) -> ToyView:
         """Compute (and install) the view for ``settings`` (default: the current ones)."""
-        view = self._compute((settings or self._settings).validated())
-        self._view = view
-        return view
+        view, traces = self._compute((settings or self._settings).validated())
+        self._view = self._with_diagnostics(view, traces)
+        return self._view
 
     def _critic(self, problem: ToyProblem, settings: ToySettings) -> tuple[nn.Module, str]:
         a_star = settings.a_star
@@ -349,7 +353,9 @@ class ToySession:
             f"max |error| on data {rep.max_error_on_data:.3f}"
         )
 
-    def _compute(self, settings: ToySettings) -> ToyView:
+    def _compute(self, settings: ToySettings) -> tuple[ToyView, dict[str, DenoiseTrace]]:
+        """The view without the misdirection diagnostics (``misdirected`` all NaN), and the
+        traces ``_with_diagnostics`` needs to add them."""
         start = time.perf_counter()
         problem = PROBLEMS[settings.dim]()
         if settings.a_star is None:
@@ -378,9 +384,11 @@ class ToySession:
 
         unguided = sample("none", 0.0)
         runs: dict[str, EstimatorRun] = {}
+        traces: dict[str, DenoiseTrace] = {}
         for name in settings.estimators:
             t0 = time.perf_counter()
             trace = unguided if name == "none" else sample(name, settings.weight)
+            traces[name] = trace
             final = trace.final
             g = trace.grad.abs()
             fld = (
@@ -396,7 +404,7 @@ class ToySession:
                 component=_np(mixture.assign(final)),
                 off_data=_np(mixture.off_data(final)),
                 grad=_np(trace.grad),
-                misdirected=_np(misdirected_fraction(flow, exact, trace)),
+                misdirected=np.full(steps, np.nan),
                 field=_np(fld),
                 star_share=float(mixture.mode_mass(final)[star]),
                 off_share=float(mixture.off_data(final).double().mean()),
@@ -441,7 +449,7 @@ class ToySession:
         else:
             data = mixture.sample(DATA_POINTS, torch.Generator().manual_seed(1), torch.float64)[0]
 
-        return ToyView(
+        view = ToyView(
             settings=settings,
             problem=problem,
             a_star=np.asarray(settings.a_star, dtype=np.float64),
@@ -464,6 +472,20 @@ class ToySession:
             critic_note=note,
             seconds=time.perf_counter() - start,
         )
+        return view, traces
+
+    @staticmethod
+    def _with_diagnostics(view: ToyView, traces: dict[str, DenoiseTrace]) -> ToyView:
+        """``view`` with each run's ``misdirected`` filled in (the slow part: one rollout
+        with a backward pass per step and estimator)."""
+        start = time.perf_counter()
+        flow = view.problem.flow()
+        exact = view.problem.exact_critic(view.settings.a_star)
+        runs = {
+            name: replace(run, misdirected=_np(misdirected_fraction(flow, exact, traces[name])))
+            for name, run in view.runs.items()
+        }
+        return replace(view, runs=runs, seconds=view.seconds + time.perf_counter() - start)
 
     # ---------------------------------------------------------------- background work
 
@@ -480,7 +502,17 @@ class ToySession:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toy")
         self._pending = False
         self.busy_since = time.perf_counter()
-        self._future = self._executor.submit(self._compute, self._settings)
+        self._future = self._executor.submit(self._work, self._settings)
+
+    def _work(self, settings: ToySettings) -> ToyView:
+        """Worker: publish the view as soon as the samples are drawn (``poll`` shows it),
+        then add the diagnostics unless a newer request is already waiting."""
+        view, traces = self._compute(settings)
+        with self._lock:
+            self._early = view
+        if self._pending:
+            return view
+        return self._with_diagnostics(view, traces)
 
     @property
     def busy(self) -> bool:
@@ -493,7 +525,12 @@ class ToySession:
         Re-raises the worker's exception (once), so the caller can report it.
         """
         future = self._future
+        with self._lock:
+            early, self._early = self._early, None
         if future is None or not future.done():
+            if early is not None:
+                self._view = early
+                return True
             return False
         self._future = None
         self.busy_since = None
