@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -58,8 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=800, help="window height")
 
 
-def _raw_fps(model, physics, settings, camera, seconds: float) -> float:
-    """Frames per second of ``mujoco.Renderer`` alone, on a thread of its own (GL rule)."""
+def _cpu() -> float:
+    """CPU seconds used by this process so far (every thread, Mesa's included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _raw_fps(model, physics, settings, camera, seconds: float) -> tuple[float, float]:
+    """``(fps, CPU ms per frame)`` of ``mujoco.Renderer`` alone, on a thread of its own."""
     import mujoco
     import numpy as np
 
@@ -77,7 +84,7 @@ def _raw_fps(model, physics, settings, camera, seconds: float) -> float:
             out = np.empty((settings.height, settings.width, 3), np.uint8)
             with mujoco.Renderer(model, settings.height, settings.width) as r:
                 flags = r.scene.flags
-                n, start = 0, None
+                n, start, cpu0 = 0, None, 0.0
                 while True:
                     r.update_scene(data, camera)
                     flags[mujoco.mjtRndFlag.mjRND_SHADOW] = settings.shadows
@@ -86,11 +93,12 @@ def _raw_fps(model, physics, settings, camera, seconds: float) -> float:
                     r.render(out=out)
                     now = time.perf_counter()
                     if start is None:  # the first frame uploads meshes: not counted
-                        start = now
+                        start, cpu0 = now, _cpu()
                         continue
                     n += 1
                     if now - start >= seconds:
                         result["fps"] = n / (now - start)
+                        result["cpu"] = 1000 * (_cpu() - cpu0) / n
                         return
         except BaseException as e:  # reported on the caller's thread
             result["error"] = e
@@ -100,11 +108,11 @@ def _raw_fps(model, physics, settings, camera, seconds: float) -> float:
     t.join()
     if "error" in result:
         raise result["error"]
-    return float(result["fps"])
+    return float(result["fps"]), float(result["cpu"])
 
 
-def _viewer_fps(app, seconds: float) -> tuple[float, float, float]:
-    """``(scene fps, env steps/s, GUI fps)`` of the viewer playing at full speed."""
+def _viewer_fps(app, seconds: float) -> tuple[float, float, float, float]:
+    """``(scene fps, env steps/s, GUI fps, CPU ms per scene frame)`` playing at full speed."""
     worker, session = app.worker, app.session
     worker.set_speed(0.0)
     if session.done:
@@ -113,20 +121,22 @@ def _viewer_fps(app, seconds: float) -> tuple[float, float, float]:
     worker.play()
     app.frame()
     shown0, steps0, gui0 = app.frames_shown, session.steps_taken, app.gui_frames
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu()
     while time.perf_counter() - start < seconds:
         app.paced_frame()
         if session.done and not worker.playing:
             app.reset()  # keeps playing through episode ends
             worker.wait_idle(60)
             worker.play()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu0
+    shown = app.frames_shown - shown0
     worker.pause()
     worker.wait_idle(60)
     return (
-        (app.frames_shown - shown0) / elapsed,
+        shown / elapsed,
         (session.steps_taken - steps0) / elapsed,
         (app.gui_frames - gui0) / elapsed,
+        1000 * cpu / max(shown, 1),
     )
 
 
@@ -203,13 +213,17 @@ def run(args: argparse.Namespace) -> int:
         camera = preset_camera(app.frames.preset)
         # Warm-up: torch, the renderer and the texture path all pay once at first use.
         _viewer_fps(app, 1.0)
-        raws, views, steps, guis = [], [], [], []
+        load_before = os.getloadavg()[0]
+        raws, views, steps, guis, raw_cpu, view_cpu = [], [], [], [], [], []
         for _ in range(args.repeats):
-            raws.append(_raw_fps(spec.model, spec.physics, rs, camera, args.seconds))
-            fps, sps, gui = _viewer_fps(app, args.seconds)
+            fps, cpu = _raw_fps(spec.model, spec.physics, rs, camera, args.seconds)
+            raws.append(fps)
+            raw_cpu.append(cpu)
+            fps, sps, gui, cpu = _viewer_fps(app, args.seconds)
             views.append(fps)
             steps.append(sps)
             guis.append(gui)
+            view_cpu.append(cpu)
         trials = _latency(app, args.trials)
         lat = sorted(x[0] for x in trials)
         lat_parts = [statistics.median(x[i] for x in trials) for i in (1, 2, 3)]
@@ -246,6 +260,12 @@ def run(args: argparse.Namespace) -> int:
         + " ".join(f"{x:.2f}" for x in steps)
     )
     print(f"{'GUI frames/s':<28}{statistics.median(guis):>9.1f}")
+    rc, vc = statistics.median(raw_cpu), statistics.median(view_cpu)
+    print(
+        f"{'CPU ms per frame':<28}raw {rc:.0f}, viewer {vc:.0f} (all threads; the machine "
+        f"has {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after)"
+    )
     ok = "ok" if statistics.median(lat) < TARGET_LATENCY_MS else "ABOVE"
     print(
         f"weight -> frame latency ms: median {statistics.median(lat):.0f}, p90 {p90:.0f}, "

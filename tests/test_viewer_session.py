@@ -357,3 +357,15 @@ def test_weight_change_reuses_the_unguided_candidates(session):
     assert np.allclose(sample.q_denoise[-1], sample.guided.q_final.numpy(), atol=1e-5)
     q_hat0 = session.critic(obs.expand(BASE.candidates, -1), sample.unguided.a_hat[0])
     assert np.allclose(sample.q_denoise_ghost[0], q_hat0.numpy(), atol=1e-5)
+
+
+def test_q_along_denoising_is_at_a_hat_for_every_estimator(session):
+    obs = torch.as_tensor(session.current.obs, dtype=torch.float32)[None]
+    for name in ("qgf", "ood", "qgf_chain"):
+        session.update(estimator=name)
+        sample = session.current.sample
+        expected = session.critic(
+            obs.expand(BASE.steps * BASE.candidates, -1),
+            sample.guided.a_hat.reshape(-1, sample.guided.a_hat.shape[-1]),
+        ).reshape(BASE.steps, BASE.candidates)
+        assert np.allclose(sample.q_denoise[:-1], expected.numpy(), atol=1e-5), name

@@ -92,6 +92,7 @@ class FrameStream:
         self.path_scale = 1.0
         self.requested = 0
         self.served = 0
+        self.started_version = -1  # version of the state the renderer last began drawing
         self.settings: RenderSettings | None = None
         self._thread = threading.Thread(target=self._run, name="qgf-render", daemon=True)
         self._thread.start()
@@ -243,6 +244,7 @@ class FrameStream:
                     self._dirty = False
                     ticket = self.requested
                 spec = self.source()
+                self.started_version = spec.version
                 try:
                     if spec.model is not model:
                         # A new env: a new renderer (GL objects belong to the model).

@@ -85,6 +85,10 @@ class Settings:
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
 
 
+# Estimators whose recorded q_hat is already Q(s, a_hat) (they take their gradient there),
+# so the Q-along-denoising curve needs no extra critic call.
+Q_AT_A_HAT = frozenset({"none", "qgf", "qgf_jacobian"})
+
 # Settings whose change only needs a new sample of the current state (no reset).
 RESAMPLE_FIELDS = frozenset({"weight", "estimator", "steps", "candidates", "best_of", "seed"})
 
@@ -568,8 +572,12 @@ class Session:
             # Q at every a_hat and at the final action, the same quantity for both rows
             # whatever the estimator (each estimator's own q_hat is Q where it took its
             # gradient: at a_t for ood, at ODE(a_t) for qgf_chain).
-            points = torch.cat([trace.a_hat, trace.final[None]]).reshape(-1, a_dim)
-            q_points = self.critic(o.expand(points.shape[0], -1), points).reshape(t + 1, -1)
+            if s.estimator in Q_AT_A_HAT:
+                q_points = torch.cat([trace.q_hat, trace.q_final[None]])
+            else:
+                points = torch.cat([trace.a_hat, trace.final[None]]).reshape(-1, a_dim)
+                q_points = self.critic(o.expand(points.shape[0], -1), points)
+                q_points = q_points.reshape(t + 1, -1)
         trace = trace.to("cpu")
         q_points = q_points.cpu().numpy().astype(np.float32)
         guided = _row(trace, 0)

@@ -24,6 +24,7 @@ from viewer.session import Session
 Command = Callable[[Session], Any]
 # Steps per second that "real time" means: OGBench manipulation is controlled at 20 Hz.
 REAL_TIME_STEPS = 20.0
+_GATE_POLL = 0.003
 
 
 @dataclass
@@ -53,6 +54,10 @@ class Worker:
         # Called on the worker thread after every command or play step (e.g. to wake the
         # renderer at once rather than at its next poll).
         self.after_command: list[Callable[[], None]] = []
+        # While playing, a step starts only when this says so (None: always). The viewer
+        # uses it to stay at most one step ahead of the renderer: steps nobody sees would
+        # take CPU from the frames people do see.
+        self.play_gate: Callable[[], bool] | None = None
         self.playing = False
         self.speed = REAL_TIME_STEPS  # steps per second; 0 = as fast as possible
         self.commands_run = 0
@@ -130,6 +135,8 @@ class Worker:
                     return self._pending.popitem(last=False)
                 if self.playing:
                     wait = self._step_wait()
+                    if wait <= 0 and self.play_gate is not None and not self.play_gate():
+                        wait = _GATE_POLL
                     if wait <= 0:
                         self._busy = True
                         return "play", _play_step
