@@ -211,7 +211,7 @@ class _EnsembleCriticGrad(CriticGrad):
                 return torch.stack(grads).mean(dim=0), qs.mean(dim=0)
             value, best = qs.min(dim=0)
             if n == 1 or self.heads == 1:
-                return self._head_backward(saved, int(best[0]), None, n), value
+                return self._head_backward(saved, int(best.item()), None, n), value
             # Which head each row takes decides the work: this reads it back (a device sync
             # on a GPU).
             counts = torch.bincount(best, minlength=self.heads).tolist()

@@ -1,0 +1,70 @@
+"""``qgf bench [NAME] [options]``: run one benchmark, or every one that exists.
+
+A benchmark is a module ``benchmarks.<name>`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int | None``, like a ``qgf`` command; a
+``--quick`` option, when it has one, is what ``qgf bench --quick`` passes to it. Modules are
+imported only when they run, so ``qgf bench guidance`` never loads the viewer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+HELP = "benchmarks: guidance, viewer, record (prints a table)"
+
+# The order `qgf bench` runs them in; a name whose module is absent is skipped.
+BENCHMARKS = ("guidance", "viewer", "record")
+
+
+def available() -> list[str]:
+    """The benchmarks whose module exists."""
+    return [name for name in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{name}")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = available()
+    parser.add_argument(
+        "name",
+        nargs="?",
+        choices=names,
+        help=f"benchmark to run (default: all of {', '.join(names)})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="with no NAME: each benchmark's quick mode"
+    )
+    parser.add_argument(
+        "options",
+        nargs=argparse.REMAINDER,
+        help="options of that benchmark (`qgf bench NAME --help` lists them)",
+    )
+
+
+def _parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module = importlib.import_module(f"benchmarks.{name}")
+    parser = argparse.ArgumentParser(prog=f"qgf bench {name}", description=module.HELP)
+    module.add_arguments(parser)
+    return parser, module
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name:
+        parser, module = _parser(args.name)
+        options = args.options + (["--quick"] if args.quick else [])
+        return int(module.run(parser.parse_args(options)) or 0)
+    failed = []
+    for name in available():
+        parser, module = _parser(name)
+        options, unknown = parser.parse_known_args(["--quick"] if args.quick else [])
+        if unknown:  # this benchmark has no quick mode
+            options = parser.parse_args([])
+        print(f"== qgf bench {name}", flush=True)
+        rc = int(module.run(options) or 0)
+        if rc:
+            failed.append(name)
+        print(flush=True)
+    if failed:
+        print(f"qgf bench: failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

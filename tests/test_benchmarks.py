@@ -1,0 +1,77 @@
+"""``qgf bench``: dispatch to ``benchmarks.<name>`` modules, and the guidance table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import pytest
+
+from benchmarks import cli
+from core.cli import main as qgf_main
+
+
+def _fake(name: str, calls: list, quick: bool = True) -> types.ModuleType:
+    module = types.ModuleType(f"benchmarks.{name}")
+    module.HELP = f"fake {name}"
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n", type=int, default=1)
+        if quick:
+            parser.add_argument("--quick", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        calls.append((name, vars(args)))
+        return 0
+
+    module.add_arguments, module.run = add_arguments, run
+    return module
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_a", _fake("fake_a", calls))
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_b", _fake("fake_b", calls, quick=False))
+    monkeypatch.setattr(cli, "BENCHMARKS", ("fake_a", "missing", "fake_b"))
+    monkeypatch.setattr(cli, "available", lambda: ["fake_a", "fake_b"])
+    return calls
+
+
+def _bench(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="qgf bench")
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_bench_runs_the_named_benchmark_with_its_options(fakes):
+    assert _bench(["fake_a", "--n", "3", "--quick"]) == 0
+    assert fakes == [("fake_a", {"n": 3, "quick": True})]
+
+
+def test_bench_without_a_name_runs_every_one_and_passes_quick_where_known(fakes, capsys):
+    assert _bench(["--quick"]) == 0
+    assert fakes == [("fake_a", {"n": 1, "quick": True}), ("fake_b", {"n": 1})]
+    assert "== qgf bench fake_a" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # options without a benchmark name are refused
+        _bench(["--n", "2"])
+
+
+def test_available_lists_existing_modules_in_order():
+    names = cli.available()
+    assert names[0] == "guidance"
+    assert all(n in cli.BENCHMARKS for n in names)
+
+
+def test_qgf_bench_guidance_prints_the_table(capsys):
+    argv = ["bench", "guidance", "--quick", "--batches", "1", "--estimators", "qgf"]
+    assert qgf_main([*argv, "--best-of", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    # Table rows: label, ms, x unguided (wall), x unguided (CPU), MFLOP per action.
+    lines = {row[0]: row for row in map(str.split, out.splitlines()) if len(row) == 5}
+    for label in ("unguided", "qgf", "none+best_of_2", "qgf+best_of_2"):
+        assert float(lines[label][1]) > 0 and float(lines[label][-1]) > 0
+    assert float(lines["unguided"][2]) == 1.0
+    assert float(lines["qgf+best_of_2"][-1]) == pytest.approx(2 * float(lines["qgf"][-1]))
+    assert "qgf at batch 1:" in out
