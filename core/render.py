@@ -46,7 +46,7 @@ _TIME_STOPS = np.array(
     dtype=np.float64,
 )
 EXECUTED_RGBA = (1.0, 1.0, 1.0, 1.0)
-GHOST_RGBA = (0.62, 0.66, 0.72, 0.55)
+GHOST_RGBA = (0.55, 0.60, 0.68, 0.9)
 OFF_MANIFOLD_RGBA = (1.0, 0.05, 0.05, 1.0)
 NONFINITE_RGBA = (1.0, 0.0, 1.0, 1.0)
 GRIPPER_OPEN_RGBA = (0.1, 0.95, 0.35, 0.9)
