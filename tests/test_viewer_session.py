@@ -369,3 +369,19 @@ def test_q_along_denoising_is_at_a_hat_for_every_estimator(session):
             sample.guided.a_hat.reshape(-1, sample.guided.a_hat.shape[-1]),
         ).reshape(BASE.steps, BASE.candidates)
         assert np.allclose(sample.q_denoise[:-1], expected.numpy(), atol=1e-5), name
+
+
+def test_sample_hooks_flag_candidates_before_they_are_shown(session):
+    def flag_first(s, sample, obs):
+        assert obs.shape == (28,)
+        sample.off_manifold = np.arange(sample.ee_final.shape[0]) == 0
+
+    session.sample_hooks.append(flag_first)
+    try:
+        session.update(weight=0.2)
+        overlay = session.frame().overlay
+        assert overlay.off_manifold.tolist() == [True] + [False] * (BASE.candidates - 1)
+        session.step()
+        assert session.frame().overlay.off_manifold[0]
+    finally:
+        session.sample_hooks.clear()

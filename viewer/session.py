@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -306,6 +307,9 @@ class Session:
         self.steps_taken = 0  # env steps over every episode of this session
         self.version = 0
         self.timings = Timings()
+        # Called as fn(session, sample, obs) after every new sample, before it is shown:
+        # the place to attach per-candidate analyses (e.g. off-manifold flags).
+        self.sample_hooks: list[Callable[[Session, StepSample, np.ndarray], None]] = []
         self._label = RANDOM_LABEL
         if checkpoint is not None:
             self._load(Path(checkpoint), env_name)
@@ -606,6 +610,8 @@ class Session:
             q_denoise=q_points[:, :n],
             q_denoise_ghost=q_ghost,
         )
+        for hook in list(self.sample_hooks):
+            hook(self, sample, obs)
         sample.seconds = time.perf_counter() - t0
         self.timings.policy = 1000 * sample.seconds
         return sample, v
