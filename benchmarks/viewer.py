@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--size", help="scene WIDTHxHEIGHT (default: what the window fits)")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s measurements, one A/B pair, 5 latency trials"
+    )
     parser.add_argument("--width", type=int, default=1280, help="window width")
     parser.add_argument("--height", type=int, default=800, help="window height")
 
@@ -188,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         print("qgf bench viewer: no display and Xvfb is not installed", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seconds, args.repeats, args.trials = min(args.seconds, 3.0), 1, min(args.trials, 5)
     from viewer.app import ViewerApp
 
     checkpoint = None if args.random_weights else (args.checkpoint or default_checkpoint())

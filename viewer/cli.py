@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--env", help="OGBench env/task name (default: the checkpoint's env)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the renderer and the window need the other cores)",
+    )
     parser.add_argument("--weight", type=float, help="initial guidance weight")
     parser.add_argument("--estimator", help="initial gradient estimator")
     parser.add_argument("--candidates", type=int, help="candidates N drawn per step")
@@ -72,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dataclasses import replace
 
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     from viewer.session import Session, Settings, default_checkpoint
 
     settings = Settings(device=args.device, seed=args.seed)
