@@ -84,17 +84,6 @@ def euler(
 # --------------------------------------------------------------------------- critic gradients
 
 
-def _grad_through(
-    q: QFn, obs: Tensor, a_t: Tensor, fn: Callable[[Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
-    """``grad_{a_t} Q(s, fn(a_t))`` by backprop through ``fn`` and Q, and that Q."""
-    a = a_t.detach().requires_grad_(True)
-    with torch.enable_grad():
-        value = q(obs, fn(a))
-        (grad,) = torch.autograd.grad(value.sum(), a)
-    return grad, value.detach()
-
-
 _ENSEMBLE_LAYERS = (EnsembleLinear, nn.GELU, EnsembleLayerNorm)
 _LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which EnsembleLayerNorm uses
 
@@ -113,8 +102,14 @@ class CriticGrad:
         self.q = q
 
     def __call__(self, obs: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-        """``(obs [B,O], a [B,A]) -> (grad_a Q(s, a) [B,A], Q(s, a) [B])``, ``a`` fixed."""
-        return _grad_through(self.q, obs, a, lambda x: x)
+        """``(obs [B,O], a [B,A]) -> (grad_a Q(s, a) [B,A], Q(s, a) [B])``, ``a`` fixed.
+
+        Rows are independent, so the gradient of the sum is each row's gradient."""
+        a = a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = self.q(obs, a)
+            (grad,) = torch.autograd.grad(value.sum(), a)
+        return grad, value.detach()
 
     def value(self, obs: Tensor, a: Tensor) -> Tensor:
         """``[B]`` Q(s, a), without a graph."""
@@ -210,7 +205,9 @@ class _EnsembleCriticGrad(CriticGrad):
                 grads = [self._head_backward(saved, e, None, n) for e in range(self.heads)]
                 return torch.stack(grads).mean(dim=0), qs.mean(dim=0)
             value, best = qs.min(dim=0)
-            if n == 1 or self.heads == 1:
+            if self.heads == 1:
+                return self._head_backward(saved, 0, None, n), value
+            if n == 1:
                 return self._head_backward(saved, int(best.item()), None, n), value
             # Which head each row takes decides the work: this reads it back (a device sync
             # on a GPU).
@@ -320,8 +317,15 @@ class GuidanceStep:
         return self.critic.value(self.obs, a)
 
     def grad_through(self, fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """``(grad_{a_t} Q(s, fn(a_t)), Q(s, fn(a_t)))`` by backprop through ``fn`` and Q."""
-        return _grad_through(self.q, self.obs, self.a_t, fn)
+        """``(grad_{a_t} Q(s, fn(a_t)), Q(s, fn(a_t)))``: the chain rule, with Q's gradient
+        at ``x = fn(a_t)`` from ``q_and_grad`` and autograd through ``fn`` only
+        (``J_fn^T grad_x Q``), so the critic never enters an autograd graph."""
+        a = self.a_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x = fn(a)
+        g_x, value = self.q_and_grad(x.detach())
+        (grad,) = torch.autograd.grad(x, a, grad_outputs=g_x)
+        return grad, value
 
     def one_step_estimate(self, a_t: Tensor) -> Tensor:
         """``a_hat(a_t) = clip(a_t + (1 - t) v(s, a_t, t))``, differentiable in ``a_t``."""

@@ -52,7 +52,7 @@ def _analytic():
 
 def test_flops_per_action_match_the_layer_sizes():
     velocity, critic = _nets()
-    v_fwd, v_bwd, q_fwd, q_bwd, q_bwd_ag = _analytic()
+    v_fwd, v_bwd, q_fwd, q_bwd, _ = _analytic()
     remaining = sum(T - k for k in range(T))  # Euler steps from each step to t = 1
     expected = {
         "unguided": T * v_fwd,
@@ -62,9 +62,10 @@ def test_flops_per_action_match_the_layer_sizes():
         "ood": T * (v_fwd + q_fwd + q_bwd) + q_fwd,
         # ODE(a_t) reuses the step's velocity for its first Euler step.
         "qgf_chain": T * (v_fwd + q_fwd + q_bwd) + (remaining - T) * v_fwd + q_fwd,
-        # a_hat(a_t) again with a graph, then back through Q (autograd) and v.
-        "qgf_jacobian": T * (2 * v_fwd + q_fwd + q_bwd_ag + v_bwd) + q_fwd,
-        "bptt": T * (v_fwd + q_fwd + q_bwd_ag) + remaining * (v_fwd + v_bwd) + q_fwd,
+        # a_hat(a_t) again with a graph; Q's gradient at a_hat by the explicit pass, then
+        # autograd back through v only (the chain rule, J^T grad Q).
+        "qgf_jacobian": T * (2 * v_fwd + q_fwd + q_bwd + v_bwd) + q_fwd,
+        "bptt": T * (v_fwd + q_fwd + q_bwd) + remaining * (v_fwd + v_bwd) + q_fwd,
     }
     expected["none+best_of_16"] = 16 * expected["none"]
     expected["qgf+best_of_16"] = 16 * expected["qgf"]
@@ -85,13 +86,14 @@ def test_flops_per_action_match_the_layer_sizes():
 def test_flops_count_autograd_backward_for_other_critics():
     """A critic behind a lambda goes through autograd: every head's backward is counted."""
     velocity, critic = _nets()
-    v_fwd, _, q_fwd, _, q_bwd_ag = _analytic()
+    v_fwd, v_bwd, q_fwd, _, q_bwd_ag = _analytic()
     obs = torch.randn(2, OBS, dtype=F64)
     rows = flops_per_action(
-        velocity, lambda o, a: critic(o, a), obs, estimators=["qgf"], steps=T, best_of=()
+        velocity, lambda o, a: critic(o, a), obs, ["qgf", "qgf_jacobian"], T, best_of=()
     )
-    assert [r.label for r in rows] == ["unguided", "qgf"]
+    assert [r.label for r in rows] == ["unguided", "qgf", "qgf_jacobian"]
     assert rows[1].flops == T * (v_fwd + q_fwd + q_bwd_ag) + q_fwd
+    assert rows[2].flops == T * (2 * v_fwd + q_fwd + q_bwd_ag + v_bwd) + q_fwd
 
 
 def test_count_flops_counts_backward():
