@@ -200,6 +200,10 @@ class QOptimisation:
         nonfinite: ``[E, S]`` the sampler flagged the row (see ``DenoiseTrace.nonfinite``).
         best_of: N of the oracle.
         steps: Euler steps T.
+        actions: ``[E, S, A]`` each estimator's final actions (for further measures, such
+            as the distance to the data in ``core.report``).
+        oracle_actions: ``[S, A]`` the oracle's actions.
+        candidate_q: ``[S, N]`` Q of every oracle candidate (best-of-n for any n <= N).
     """
 
     estimators: list[str]
@@ -210,6 +214,9 @@ class QOptimisation:
     nonfinite: Tensor
     best_of: int
     steps: int
+    actions: Tensor
+    oracle_actions: Tensor
+    candidate_q: Tensor
 
     @property
     def gap(self) -> Tensor:
@@ -278,9 +285,10 @@ def q_optimisation(
     a0 = _noise(noise, generator, states * best_of, _action_dim(velocity, noise), obs)
     oracle = guided_sample(velocity, q, obs, "none", 0.0, steps, a0, best_of=best_of, clip=clip)
     first = a0[::best_of]
-    qs, dists, flags = [], [], []
+    qs, dists, flags, finals = [], [], [], []
     for name in names:
         trace = guided_sample(velocity, q, obs, name, weights[name], steps, first, clip=clip)
+        finals.append(trace.actions)
         qs.append(trace.q_final)
         dists.append((trace.actions - oracle.actions).norm(dim=-1) / math.sqrt(first.shape[-1]))
         flags.append(trace.nonfinite)
@@ -293,6 +301,9 @@ def q_optimisation(
         nonfinite=torch.stack(flags).cpu(),
         best_of=best_of,
         steps=steps,
+        actions=torch.stack(finals).double().cpu(),
+        oracle_actions=oracle.actions.double().cpu(),
+        candidate_q=oracle.q_final.view(states, best_of).double().cpu(),
     )
 
 

@@ -4,9 +4,11 @@ Over ``S`` states from the checkpoint's dataset sample, from the same initial no
 estimator, at one guidance weight:
 
 - Fig. 3, noise sensitivity: cosine similarity of ``G(s, a_t)`` and ``G(s, a_t + eps)`` per
-  denoising step and estimator (computed by ``core.diagnostics``).
+  denoising step and estimator (``core.diagnostics.noise_sensitivity``), every estimator
+  probed at the same points: the iterates of the unguided denoising of each state's noise.
 - Fig. 4, Q optimisation: Q of each estimator's final action against the best-of-N oracle
-  (unguided sampling, N candidates, argmax Q), and the oracle's Q as a function of N.
+  (unguided sampling, N candidates, argmax Q), and the oracle's Q as a function of N
+  (``core.diagnostics.q_optimisation``); FLOPs per action (``flops_per_action``).
 - Fig. 17, distance to the data: distance of each final action to the oracle's action, and
   to the data (``core.manifold``: nearest dataset actions in the nearest states), with the
   off-manifold threshold and the dataset's own actions as the reference.
@@ -34,7 +36,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from core.guidance import ESTIMATORS, QFn, VelocityFn, guided_sample
+from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity, q_optimisation
+from core.guidance import ESTIMATORS, QFn, VelocityFn
 from core.manifold import DataManifold
 
 ORACLE = "best_of_n"
@@ -44,10 +47,13 @@ DATA = "data"
 DEFAULT_SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
 def _stats(x: np.ndarray) -> dict:
     """Mean, normal-approximation 95% half-width and median of ``x``."""
     x = np.asarray(x, dtype=np.float64)
-    half = 1.959963984540054 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
+    half = Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
     return {"mean": float(x.mean()), "ci95": float(half), "median": float(np.median(x))}
 
 
@@ -60,12 +66,14 @@ class EstimatorResult:
         q_final: ``[S]`` Q of the final action.
         distance: ``[S]`` distance of the final action to the data.
         off_manifold: ``[S]`` distance above the manifold's threshold.
-        distance_to_oracle: ``[S]`` ``||a - a_oracle|| / sqrt(H)``.
+        distance_to_oracle: ``[S]`` ``||a - a_oracle|| / sqrt(H)`` (per env action, like the
+            distance to the data).
         noise_sensitivity: ``[T]`` mean cosine similarity per denoising step (empty where it
             does not apply: the oracle, the data, and ``none`` whose G is 0).
+        noise_sensitivity_ci: ``[T]`` its normal 95% half-width.
         nonfinite: states where the sampler flagged a NaN/inf.
-        seconds: wall time of the sampling call.
-        flops_per_action: FLOPs to sample one action (None when not counted).
+        flops_per_action: FLOPs to sample one action, backward included (None when not
+            counted); the oracle's counts all N candidates.
     """
 
     name: str
@@ -74,8 +82,8 @@ class EstimatorResult:
     off_manifold: np.ndarray
     distance_to_oracle: np.ndarray
     noise_sensitivity: np.ndarray = field(default_factory=lambda: np.empty(0))
+    noise_sensitivity_ci: np.ndarray = field(default_factory=lambda: np.empty(0))
     nonfinite: int = 0
-    seconds: float = 0.0
     flops_per_action: float | None = None
 
     def summary(self) -> dict:
@@ -86,8 +94,8 @@ class EstimatorResult:
             "distance_to_oracle": _stats(self.distance_to_oracle),
             "off_manifold_fraction": float(np.mean(self.off_manifold)),
             "noise_sensitivity": [float(v) for v in self.noise_sensitivity],
+            "noise_sensitivity_ci95": [float(v) for v in self.noise_sensitivity_ci],
             "nonfinite": int(self.nonfinite),
-            "seconds": float(self.seconds),
             "flops_per_action": self.flops_per_action,
         }
 
@@ -99,13 +107,14 @@ class DiagnoseReport:
     Attributes:
         checkpoint, env: where the networks came from.
         rows: ``[S]`` rows of the dataset sample whose states were used.
-        weight, steps, best_of, eps, seed: the settings.
+        weight, steps, best_of, eps, seed, perturbations: the settings.
         horizon: the policy's chunk length.
         manifold: the manifold's settings and threshold.
         results: one ``EstimatorResult`` per estimator, then the oracle, then the data.
         oracle_q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
         sweep: one row per (weight, guided estimator): Q gap to the oracle, distance to the
             data, off-manifold share (``_sweep_row``); the report's weight is among them.
+        flops_unguided: FLOPs of one unguided action (the cost unit of Fig. 6-7).
         wall_time_s: total time.
     """
 
@@ -118,10 +127,12 @@ class DiagnoseReport:
     eps: float
     seed: int
     horizon: int
+    perturbations: int
     manifold: dict
     results: list[EstimatorResult]
     oracle_q_by_n: list[float]
     sweep: list[dict] = field(default_factory=list)
+    flops_unguided: float | None = None
     wall_time_s: float = 0.0
 
     def result(self, name: str) -> EstimatorResult:
@@ -185,52 +196,6 @@ def _data_q(critic: QFn, obs: Tensor, data_actions: Tensor | None, width: int) -
         return critic(obs, data_actions.to(obs)).cpu().double().numpy()
 
 
-@dataclass
-class Oracle:
-    """The best-of-N oracle: unguided sampling of N candidates per state, argmax Q.
-
-    Attributes:
-        actions: ``[S, A]`` the kept candidate of each state.
-        q: ``[S]`` its Q.
-        q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
-        nonfinite: states with a non-finite candidate.
-        seconds: wall time of the sampling call.
-    """
-
-    actions: Tensor
-    q: Tensor
-    q_by_n: list[float]
-    nonfinite: int
-    seconds: float
-
-
-def best_of_n_oracle(
-    policy: VelocityFn, critic: QFn, obs: Tensor, noise: Tensor, steps: int
-) -> Oracle:
-    """Best-of-N from ``noise [S, N, A]`` (``initial_noise``), in one sampler call."""
-    n_states, best_of, width = noise.shape
-    start = time.perf_counter()
-    trace = guided_sample(
-        policy,
-        critic,
-        obs,
-        estimator="none",
-        weight=0.0,
-        steps=steps,
-        noise=noise.reshape(n_states * best_of, width),
-        best_of=best_of,
-    )
-    seconds = time.perf_counter() - start
-    q_all = trace.q_final.view(n_states, best_of)
-    return Oracle(
-        actions=trace.actions,
-        q=q_all.gather(1, trace.chosen[:, None]).squeeze(1),
-        q_by_n=[float(v) for v in torch.cummax(q_all, dim=1).values.mean(dim=0)],
-        nonfinite=int(trace.nonfinite_rows.sum()),
-        seconds=seconds,
-    )
-
-
 def estimator_analyses(
     policy: VelocityFn,
     critic: QFn,
@@ -244,9 +209,11 @@ def estimator_analyses(
     seed: int = 0,
     data_actions: Tensor | None = None,
     horizon: int = 1,
-    oracle: Oracle | None = None,
 ) -> tuple[list[EstimatorResult], list[float]]:
-    """Final actions of every estimator and of the best-of-N oracle, their Q and distances.
+    """Q, distance to the oracle and distance to the data of every estimator's final action.
+
+    Q and the oracle come from ``core.diagnostics.q_optimisation`` (Fig. 4); this adds the
+    distance to the data (Fig. 17) and the ``data`` reference entry.
 
     Args:
         policy, critic: the velocity field (with ``.action_dim``) and the aggregated critic.
@@ -259,83 +226,77 @@ def estimator_analyses(
         seed: seed of the initial noise (``initial_noise``).
         data_actions: ``[S, A']`` the dataset's actions at these states, for the ``data``
             entry (its Q is computed only when ``A'`` is the policy's width).
-        horizon: the policy's chunk length H (distances between actions divide by sqrt(H)).
-        oracle: the best-of-N oracle for these states and this seed, when already computed
-            (it does not depend on the weight).
+        horizon: the policy's chunk length H.
 
     Returns:
         ``(results, oracle_q_by_n)``: one ``EstimatorResult`` per estimator, then the oracle
         and (when ``data_actions`` is given) the data; and the oracle's mean Q when it keeps
         the best of its first n candidates, n = 1..N.
     """
-    unknown = [e for e in estimators if e not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"unknown estimators {unknown}; registered: {sorted(ESTIMATORS)}")
     n_states, width = obs.shape[0], int(policy.action_dim)
+    env_dim = width // horizon
     noise = initial_noise(n_states, best_of, width, seed, obs.dtype).to(obs.device)
-    scale = 1.0 / math.sqrt(horizon)
+    opt = q_optimisation(
+        policy,
+        critic,
+        obs,
+        estimators,
+        weight,
+        best_of=best_of,
+        steps=steps,
+        noise=noise.reshape(n_states * best_of, width),
+    )
+    # diagnostics gives the RMS over the A coordinates; the report states every action
+    # distance per env action, as the manifold does: ||a - b|| / sqrt(H).
+    per_env_action = math.sqrt(env_dim)
 
-    def measure(name: str, actions: Tensor, q: Tensor, oracle: Tensor, **extra) -> EstimatorResult:
-        found = manifold.query(obs, actions)
+    def measure(name: str, actions: Tensor, q: Tensor, to_oracle: Tensor, nonfinite: int):
+        found = manifold.query(obs, actions.to(obs.device))
         return EstimatorResult(
             name=name,
-            q_final=q.detach().cpu().double().numpy(),
-            distance=found.distance.cpu().double().numpy(),
+            q_final=q.double().cpu().numpy(),
+            distance=found.distance.double().cpu().numpy(),
             off_manifold=found.off_manifold.cpu().numpy(),
-            distance_to_oracle=(torch.linalg.vector_norm(actions - oracle, dim=-1) * scale)
-            .cpu()
-            .double()
-            .numpy(),
-            **extra,
+            distance_to_oracle=to_oracle.double().cpu().numpy(),
+            nonfinite=nonfinite,
         )
 
-    if oracle is None:
-        oracle = best_of_n_oracle(policy, critic, obs, noise, steps)
-
-    results = []
-    for name in estimators:
-        start = time.perf_counter()
-        trace = guided_sample(
-            policy, critic, obs, estimator=name, weight=weight, steps=steps, noise=noise[:, 0]
+    results = [
+        measure(
+            name,
+            opt.actions[i],
+            opt.q[i],
+            opt.distance_to_oracle[i] * per_env_action,
+            int(opt.nonfinite[i].sum()),
         )
-        seconds = time.perf_counter() - start
-        results.append(
-            measure(
-                name,
-                trace.actions,
-                trace.q_final,
-                oracle.actions,
-                nonfinite=int(trace.nonfinite.sum()),
-                seconds=seconds,
-            )
-        )
+        for i, name in enumerate(opt.estimators)
+    ]
     results.append(
         measure(
             ORACLE,
-            oracle.actions,
-            oracle.q,
-            oracle.actions,
-            nonfinite=oracle.nonfinite,
-            seconds=oracle.seconds,
+            opt.oracle_actions,
+            opt.oracle_q,
+            torch.zeros(n_states, dtype=torch.float64),
+            0,
         )
     )
     if data_actions is not None:
+        compared = min(width, data_actions.shape[1])
+        gap = data_actions[:, :compared].double().cpu() - opt.oracle_actions[:, :compared]
         found = manifold.query(obs, data_actions)
-        first = data_actions[:, : min(width, data_actions.shape[1])]
-        to_oracle = torch.linalg.vector_norm(first - oracle.actions[:, : first.shape[1]], dim=-1)
         results.append(
             EstimatorResult(
                 name=DATA,
                 q_final=_data_q(critic, obs, data_actions, width),
-                distance=found.distance.cpu().double().numpy(),
+                distance=found.distance.double().cpu().numpy(),
                 off_manifold=found.off_manifold.cpu().numpy(),
-                distance_to_oracle=(to_oracle / math.sqrt(first.shape[1] // (width // horizon)))
-                .cpu()
-                .double()
-                .numpy(),
+                distance_to_oracle=(
+                    torch.linalg.vector_norm(gap, dim=-1) / math.sqrt(compared // env_dim)
+                ).numpy(),
             )
         )
-    return results, oracle.q_by_n
+    q_by_n = torch.cummax(opt.candidate_q, dim=1).values.mean(dim=0)
+    return results, [float(v) for v in q_by_n]
 
 
 # ---------------------------------------------------------------------- figures
@@ -370,21 +331,38 @@ def _title(report: DiagnoseReport) -> str:
 
 
 def figure_noise_sensitivity(report: DiagnoseReport) -> Figure:
-    """Fig. 3: cosine similarity of G(s, a_t) and G(s, a_t + eps) along denoising."""
+    """Fig. 3: cosine similarity of G(s, a_t) and G(s, a_t + eps) along denoising.
+
+    Left: per denoising step, mean with its 95% CI band. Right: the mean over every step.
+    """
     shown = [r for r in report.results if len(r.noise_sensitivity)]
     colours = _colours([r.name for r in report.results])
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax, ax_bar = fig.subplots(1, 2, width_ratios=(2, 1))
     for r in shown:
         k = np.arange(len(r.noise_sensitivity))
-        ax.plot(k, r.noise_sensitivity, "o-", color=colours[r.name], label=r.name)
+        mean, half = r.noise_sensitivity, r.noise_sensitivity_ci
+        ax.plot(k, mean, "o-", color=colours[r.name], label=r.name)
+        ax.fill_between(k, mean - half, mean + half, color=colours[r.name], alpha=0.2)
     ax.set_xlabel("denoising step k (t = k / T)")
-    ax.set_ylabel("cos(G(s, a_t), G(s, a_t + eps))")
-    ax.set_ylim(min(-0.05, *(r.noise_sensitivity.min() - 0.05 for r in shown)), 1.05)
+    ax.set_ylabel("cos(G(s, a_t), G(s, a_t + eps)), mean (95% CI)")
+    low = min(float(np.min(r.noise_sensitivity - r.noise_sensitivity_ci)) for r in shown)
+    ax.set_ylim(min(-0.05, low - 0.05), 1.05)
     ax.axhline(1.0, color="0.8", lw=0.8)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"Noise sensitivity (eps = {report.eps:g}), mean over states", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.set_title(
+        f"eps = {report.eps:g}, {report.perturbations} perturbations per state and step, "
+        "probed along the unguided path",
+        fontsize=9,
+    )
+    overall = [float(np.mean(r.noise_sensitivity)) for r in shown]
+    ax_bar.bar(np.arange(len(shown)), overall, color=[colours[r.name] for r in shown])
+    ax_bar.set_xticks(np.arange(len(shown)), [r.name for r in shown], rotation=30, ha="right")
+    ax_bar.set_ylim(min(0.0, *overall) - 0.05, 1.05)
+    ax_bar.set_ylabel("mean over steps")
+    ax_bar.grid(axis="y", alpha=0.3)
+    ax_bar.set_title("higher = less sensitive to noise", fontsize=9)
     fig.suptitle(_title(report), fontsize=9)
     return fig
 
@@ -562,6 +540,7 @@ def diagnose_checkpoint(
     steps: int | None = None,
     best_of: int = 16,
     eps: float = 0.05,
+    perturbations: int = 2,
     k: int = 32,
     seed: int = 0,
     sweep: Sequence[float] = DEFAULT_SWEEP,
@@ -578,11 +557,12 @@ def diagnose_checkpoint(
         steps: Euler steps T; None takes the checkpoint's ``flow_steps``.
         best_of: N of the best-of-N oracle.
         eps: scale of the action noise in the noise-sensitivity analysis.
+        perturbations: perturbations per state and step in the noise-sensitivity analysis.
         k: nearest states per distance query.
-        seed: seed of the state draw and of the initial noise.
+        seed: seed of the state draw, of the initial noise and of the perturbations.
         sweep: further weights at which every guided estimator's Q gap to the oracle,
             distance to the data and off-manifold share are summarised (same states, same
-            noise, same oracle); empty for none.
+            noise); empty for none.
         device: where the networks and the manifold run.
     """
     from core.checkpoints import load_checkpoint, load_dataset_sample
@@ -591,17 +571,18 @@ def diagnose_checkpoint(
     policy, critic, config = load_checkpoint(checkpoint, device)
     sample = load_dataset_sample(checkpoint)
     estimators = list(ESTIMATORS) if estimators is None else list(estimators)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimators {unknown}; registered: {sorted(ESTIMATORS)}")
     steps = steps or config.flow_steps
-    weight = default_weight(checkpoint) if weight is None else weight
+    weight = float(default_weight(checkpoint) if weight is None else weight)
 
     manifold = DataManifold.from_sample(sample, horizon=config.horizon, k=k, device=device)
     rows, _ = pick_states(manifold, sample.observations, states, seed)
     obs = torch.as_tensor(sample.observations[rows], dtype=torch.float32, device=device)
     data_actions = torch.as_tensor(sample.actions[rows], dtype=torch.float32, device=device)
 
-    noise = initial_noise(len(rows), best_of, config.chunk_dim, seed, obs.dtype).to(device)
-    oracle = best_of_n_oracle(policy, critic, obs, noise, steps)
-    common = dict(steps=steps, best_of=best_of, seed=seed, horizon=config.horizon, oracle=oracle)
+    common = dict(steps=steps, best_of=best_of, seed=seed, horizon=config.horizon)
     results, q_by_n = estimator_analyses(
         policy,
         critic,
@@ -612,44 +593,81 @@ def diagnose_checkpoint(
         data_actions=data_actions,
         **common,
     )
-    # `none` ignores the weight; its primary result stands for every weight.
+
+    with_gradient = [e for e in estimators if e not in NO_GRADIENT]
+    if with_gradient:
+        noise = initial_noise(len(rows), best_of, config.chunk_dim, seed, obs.dtype)[:, 0]
+        sens = noise_sensitivity(
+            policy,
+            critic,
+            obs,
+            with_gradient,
+            eps=eps,
+            steps=steps,
+            perturbations=perturbations,
+            noise=noise.to(device),
+            generator=torch.Generator().manual_seed(seed),
+        )
+        count = (~sens.cosine.isnan()).flatten(2).sum(dim=-1).clamp_min(1)
+        half = Z95 * sens.std / count.sqrt()
+        for i, name in enumerate(sens.estimators):
+            r = next(r for r in results if r.name == name)
+            r.noise_sensitivity = sens.mean[i].numpy()
+            r.noise_sensitivity_ci = half[i].numpy()
+
+    flops = flops_per_action(
+        policy,
+        critic,
+        obs[: min(4, len(rows))],
+        estimators,
+        steps=steps,
+        best_of=(("none", best_of),),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    by_label = {f.label: f.flops for f in flops}
+    for r in results:
+        r.flops_per_action = by_label.get(f"none+best_of_{best_of}" if r.name == ORACLE else r.name)
+
+    # `none` ignores the weight; its result at the report's weight stands for every weight.
     guided = [e for e in estimators if e != "none"]
     rows_by_weight = []
-    for w in sorted({float(w) for w in sweep} | {float(weight)}):
+    for w in sorted({float(w) for w in sweep} | {weight}):
         if w == weight:
             at_w = results
-        else:
+        elif guided:
             at_w, _ = estimator_analyses(
                 policy, critic, manifold, obs, estimators=guided, weight=w, **common
             )
-        for r in at_w:
-            if r.name in guided:
-                rows_by_weight.append(_sweep_row(w, r, oracle))
+        else:
+            continue
+        oracle_q = next(r for r in at_w if r.name == ORACLE).q_final
+        rows_by_weight += [_sweep_row(w, r, oracle_q) for r in at_w if r.name in guided]
     return DiagnoseReport(
         checkpoint=str(checkpoint),
         env=config.env,
         rows=[int(r) for r in rows],
-        weight=float(weight),
+        weight=weight,
         steps=steps,
         best_of=best_of,
         eps=eps,
         seed=seed,
         horizon=config.horizon,
+        perturbations=perturbations,
         manifold=manifold_summary(manifold, config.horizon),
         results=results,
         oracle_q_by_n=q_by_n,
         sweep=rows_by_weight,
+        flops_unguided=by_label["unguided"],
         wall_time_s=time.perf_counter() - started,
     )
 
 
-def _sweep_row(weight: float, result: EstimatorResult, oracle: Oracle) -> dict:
-    gap = result.q_final - oracle.q.cpu().double().numpy()
+def _sweep_row(weight: float, result: EstimatorResult, oracle_q: np.ndarray) -> dict:
     return {
         "weight": weight,
         "estimator": result.name,
         "q_final": _stats(result.q_final),
-        "q_minus_oracle": _stats(gap),
+        "q_minus_oracle": _stats(result.q_final - oracle_q),
         "distance": _stats(result.distance),
         "off_manifold_fraction": float(np.mean(result.off_manifold)),
         "nonfinite": result.nonfinite,

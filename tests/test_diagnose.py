@@ -27,6 +27,7 @@ from core.report import (
     default_weight,
     diagnose_checkpoint,
     figure_distance,
+    figure_noise_sensitivity,
     figure_q,
     figure_weights,
     pick_states,
@@ -84,7 +85,15 @@ def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
 
 
 SETTINGS = dict(
-    states=12, estimators=["none", "qgf", "ood"], weight=1.5, best_of=4, k=8, seed=3, sweep=[0.2]
+    states=12,
+    estimators=["none", "qgf", "ood"],
+    weight=1.5,
+    best_of=4,
+    k=8,
+    seed=3,
+    sweep=[0.2],
+    eps=0.1,
+    perturbations=2,
 )
 
 
@@ -147,6 +156,48 @@ def test_report_numbers_are_what_the_sampler_says(tiny):
     assert np.abs(own - manifold.calibration.numpy()[None, :]).min(axis=1).max() < 1e-5
 
 
+def test_noise_sensitivity_is_the_cosine_of_qgf_gradients_recomputed_by_hand(tiny):
+    ck, report, _, data = tiny
+    policy, critic, config = load_checkpoint(ck)
+    obs = torch.tensor(load_dataset_sample(ck).observations[data["rows"]])
+    s, n, width, steps = len(obs), SETTINGS["best_of"], config.chunk_dim, config.flow_steps
+    gen = torch.Generator().manual_seed(SETTINGS["seed"])
+    a0 = torch.randn(s * n, width, generator=gen).view(s, n, width)[:, 0]
+    # The perturbations are the first draw of a generator seeded with the report's seed.
+    xi = torch.randn(2, s, width, generator=torch.Generator().manual_seed(SETTINGS["seed"]))
+    k = steps // 2
+    a_t = guided_sample(policy, critic, obs, "none", weight=0.0, steps=steps, noise=a0).a_t[k]
+    t = torch.full((s,), k / steps)
+
+    def qgf_gradient(a: torch.Tensor) -> torch.Tensor:
+        """QGF by its definition: grad of Q at a_hat = clip(a + (1 - t) v), a_hat held fixed."""
+        with torch.no_grad():
+            a_hat = (a + (1 - k / steps) * policy(obs, a, t)).clamp(-1, 1)
+        a_hat.requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(obs, a_hat).sum(), a_hat)
+        return grad
+
+    g = qgf_gradient(a_t)
+    cos = [
+        torch.nn.functional.cosine_similarity(g, qgf_gradient(a_t + 0.1 * xi[p]), dim=-1)
+        for p in range(2)
+    ]
+    want = float(torch.stack(cos).mean())
+    assert data["summary"]["qgf"]["noise_sensitivity"][k] == pytest.approx(want, abs=1e-5)
+    assert len(data["summary"]["ood"]["noise_sensitivity"]) == steps
+    assert data["summary"]["none"]["noise_sensitivity"] == []  # G = 0: undefined
+    line = next(
+        li for li in figure_noise_sensitivity(report).axes[0].lines if li.get_label() == "qgf"
+    )
+    assert list(line.get_ydata()) == data["summary"]["qgf"]["noise_sensitivity"]
+
+
+def test_flops_are_counted_and_ordered(tiny):
+    _, report, _, data = tiny
+    flops = {name: data["summary"][name]["flops_per_action"] for name in ("none", "qgf", ORACLE)}
+    assert 0 < report.flops_unguided < flops["none"] < flops["qgf"] < flops[ORACLE]
+
+
 def test_sweep_rows_at_the_report_weight_are_the_main_results(tiny):
     _, _, _, data = tiny
     assert {r["weight"] for r in data["sweep"]} == {0.2, 1.5}
@@ -191,7 +242,7 @@ def test_figures_plot_the_report_numbers(tiny):
         rows = [r for r in data["sweep"] if r["estimator"] == name]
         assert list(line.get_ydata()) == [r["distance"]["mean"] for r in rows]
 
-    for key in ("q", "distance", "weights"):
+    for key in ("noise_sensitivity", "q", "distance", "weights"):
         image = imread(paths[key])
         assert image.shape[0] > 300 and image.shape[1] > 600
         assert image[..., :3].std() > 0.05  # not blank
@@ -243,7 +294,13 @@ def test_report_on_the_shipped_checkpoint(tmp_path):
     report = diagnose_checkpoint(SHIPPED, states=32, best_of=8, sweep=(0.3,))
     paths = write_report(report, tmp_path)
     data = json.loads(paths["json"].read_text())
-    assert len(data["rows"]) == 32 and set(paths) == {"json", "q", "distance", "weights"}
+    assert len(data["rows"]) == 32 and set(paths) == {
+        "json",
+        "noise_sensitivity",
+        "q",
+        "distance",
+        "weights",
+    }
     for r in report.results:
         assert np.isfinite(r.distance).all() and r.nonfinite == 0
     # One number recomputed from the sampler: QGF's mean Q at the report's weight.

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the checkpoint's T")
     parser.add_argument("--best-of", type=int, default=16, help="N of the best-of-N oracle")
     parser.add_argument("--eps", type=float, default=0.05, help="noise-sensitivity eps")
+    parser.add_argument(
+        "--perturbations", type=int, default=2, help="noise-sensitivity draws per state, step"
+    )
     parser.add_argument("--k", type=int, default=32, help="nearest states per distance query")
     parser.add_argument(
         "--sweep",
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         best_of=args.best_of,
         eps=args.eps,
+        perturbations=args.perturbations,
         k=args.k,
         seed=args.seed,
         sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
@@ -72,14 +76,23 @@ def run(args: argparse.Namespace) -> int:
         f"distance to data: k={m['k']}, {m['compares']}, threshold {m['threshold']:.4f} "
         f"({100 * m['quantile']:.0f}th percentile of {m['calibration_pairs']} held-out pairs)"
     )
-    print(f"{'':<14}{'Q mean':>10}{'dist':>9}{'off %':>7}{'to oracle':>11}{'cos(eps)':>10}")
+    print(
+        f"{'':<14}{'Q mean':>10}{'Q-oracle':>10}{'dist':>8}{'off %':>7}{'to oracle':>11}"
+        f"{'cos(eps)':>10}{'FLOPs':>10}"
+    )
     for r in report.results:
         s = r.summary()
-        sens = f"{min(s['noise_sensitivity']):.3f}" if s["noise_sensitivity"] else "-"
-        print(
-            f"{r.name:<14}{s['q_final']['mean']:>10.3f}{s['distance']['mean']:>9.3f}"
-            f"{100 * s['off_manifold_fraction']:>6.0f}%{s['distance_to_oracle']['mean']:>11.3f}"
-            f"{sens:>10}"
+        sens = (
+            f"{sum(s['noise_sensitivity']) / len(s['noise_sensitivity']):.3f}"
+            if s["noise_sensitivity"]
+            else "-"
         )
+        flops = f"{r.flops_per_action / report.flops_unguided:.1f}x" if r.flops_per_action else "-"
+        print(
+            f"{r.name:<14}{s['q_final']['mean']:>10.3f}{report.q_gap(r.name)['mean']:>10.3f}"
+            f"{s['distance']['mean']:>8.3f}{100 * s['off_manifold_fraction']:>6.0f}%"
+            f"{s['distance_to_oracle']['mean']:>11.3f}{sens:>10}{flops:>10}"
+        )
+    print("cos(eps): mean over denoising steps; FLOPs: per action, as a multiple of unguided")
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({report.wall_time_s:.0f} s)")
     return 0
