@@ -17,12 +17,17 @@ new ones, which then appear everywhere estimators are listed.
 Shapes: ``B`` rows (states), ``N = best_of`` candidates per row, ``B* = B * N``; the
 candidates of row ``i`` are rows ``i*N .. (i+1)*N - 1`` of every ``B*`` axis.
 
-Where the estimators take Q's gradient at a point held fixed (qgf, qgf_chain, ood) and the
-critic is a ``core.models.Critic``, the input gradient is computed by an explicit backward
-pass through the ensemble (``_critic_value_and_grad``) instead of autograd: at batch 1 the
-autograd graph (nodes, saved tensors, engine) costs as much as the arithmetic. Any other
-callable goes through autograd. Both give the same numbers (tests check them against each
-other and against finite differences).
+Speed (batch 1 on a CPU is bound by per-op overhead and by reading the weights):
+
+- Every estimator gets Q's gradient from a ``CriticGrad``. For a plain
+  ``core.models.Critic`` that is an explicit backward pass through the ensemble
+  (``_EnsembleCriticGrad``), no autograd graph, and each row goes back through its minimising
+  head only; any other callable uses autograd. qgf_jacobian and bptt apply the chain rule:
+  autograd through the velocity (a_hat or the remaining Euler steps), Q's gradient from the
+  critic pass.
+- Non-finite values are looked for once, at the end of a call; only if there are any is the
+  batch run again with per-row, per-step checks (``_denoise``). Rows are independent, so the
+  finite rows come out the same either way.
 """
 
 from __future__ import annotations
@@ -365,7 +370,8 @@ def register_estimator(name: str, *, replace: bool = False) -> Callable[[Estimat
         if name in ESTIMATORS and not replace:
             raise ValueError(f"estimator {name!r} is already registered (pass replace=True)")
         ESTIMATORS[name] = fn
-        ESTIMATOR_DOCS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        lines = (fn.__doc__ or "").strip().splitlines()
+        ESTIMATOR_DOCS[name] = lines[0] if lines else ""
         return fn
 
     return decorate
@@ -428,9 +434,9 @@ class DenoiseTrace:
         q_hat: ``[T, B*]`` Q where the gradient was taken.
         q_final: ``[B*]`` Q of each candidate's final (clipped) action.
         chosen: ``[B]`` index in 0..best_of-1 of the kept candidate of each row.
-        nonfinite: ``[B*]`` True where, at any step, G or Q where it was taken was NaN/inf
-            (that step then took no guidance), the step's iterate was NaN/inf (the row then
-            stayed put), or Q of the final action was NaN/inf.
+        nonfinite: ``[B*]`` True where, at any step, a_hat, G or Q where it was taken was
+            NaN/inf (that step then took no guidance), the step's iterate was NaN/inf (the
+            row then stayed put), or Q of the final action was NaN/inf.
         weight: ``[B*]`` guidance weight applied to each candidate.
         estimator, steps, best_of, clip: the settings that produced the trace.
     """
@@ -522,13 +528,16 @@ class _Run:
     q_hat: Tensor
     final: Tensor
     q_final: Tensor
-    guided: Tensor | None  # [B*] G and Q were finite at every step (careful runs only)
-    moved: Tensor | None  # [B*] every step's iterate was finite (careful runs only)
+    # [B*] per row, careful runs only: a_hat, G and Q where it was taken were finite at
+    # every step (guided), and every step's iterate was (moved).
+    guided: Tensor | None
+    moved: Tensor | None
 
     def all_finite(self) -> bool:
         return bool(
             self.grad.isfinite().all()
             & self.q_hat.isfinite().all()
+            & self.a_hat.isfinite().all()
             & self.a_t[-1].isfinite().all()
             & self.q_final.isfinite().all()
         )
@@ -570,7 +579,7 @@ def _denoise(
         # w * G is added to the unguided Euler step, so w = 0 gives that step bit for bit.
         unguided = _euler_step(a, step.v, steps)
         if careful:
-            ok = g.isfinite().all(dim=-1) & q_at.isfinite()
+            ok = g.isfinite().all(dim=-1) & q_at.isfinite() & step.a_hat.isfinite().all(dim=-1)
             a_next = torch.addcmul(unguided, w_dt, torch.where(ok[:, None], g, 0.0))
             finite = a_next.isfinite().all(dim=-1)
             a = torch.where(finite[:, None], a_next, a)
