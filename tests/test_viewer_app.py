@@ -1,4 +1,10 @@
-"""viewer/app.py and ``qgf view``: the window under Xvfb, driven through its own callbacks."""
+"""viewer/app.py and ``qgf view``: the window under Xvfb, driven through its own callbacks.
+
+The window tests run in a child pytest process of their own (``test_window_tests`` starts
+it, ``tests/xvfb.py`` says why): Dear PyGui 2.3 segfaults in a process that opens a second
+window after one that ran next to a MuJoCo EGL context (a stale GLFW focus event reaches the
+new window), and a window's GL state breaks later EGL contexts on its thread.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +22,23 @@ from pathlib import Path  # noqa: E402
 import imageio.v3 as iio  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from xvfb import require_display  # noqa: E402
+from xvfb import in_child_process, require_display  # noqa: E402
 
 from core.render import EXECUTED_RGBA, time_color  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 ENV = "cube-single-play-singletask-task2-v0"
+CHILD_FLAG = "QGF_VIEWER_WINDOW_TESTS"
+IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
+window = pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_window_tests)")
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_window_tests():
+    """Every window test below, in a fresh process (see the module docstring)."""
+    expected = sum(1 for n in globals() if n.startswith("test_") and n != "test_window_tests")
+    in_child_process(__file__, CHILD_FLAG, expected)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +96,7 @@ def count_color(img: np.ndarray, rgba, tol: int = 30) -> int:
     return int((np.abs(img.astype(int) - rgb).max(axis=-1) < tol).sum())
 
 
+@window
 def test_opens_with_the_default_checkpoint(app):
     import dearpygui.dearpygui as dpg
 
@@ -95,6 +112,7 @@ def test_opens_with_the_default_checkpoint(app):
         assert shipped.name in label and dpg.get_value(app._tags["label"]) == ""
 
 
+@window
 def test_opens_and_renders_frames(app):
     assert app.frames_shown >= 1
     assert app.frames.stats.frames >= 1
@@ -105,6 +123,7 @@ def test_opens_and_renders_frames(app):
     assert app.gui_frames == n + 5
 
 
+@window
 def test_screenshot_not_blank_with_overlay_colors(app, tmp_path):
     settle(app)
     shot = iio.imread(app.screenshot(tmp_path / "shot.png"))
@@ -125,6 +144,7 @@ def test_screenshot_not_blank_with_overlay_colors(app, tmp_path):
         app.toggle_layer(name)
 
 
+@window
 def test_weight_slider_callback_redraws_candidates(app):
     import dearpygui.dearpygui as dpg
 
@@ -146,6 +166,7 @@ def test_weight_slider_callback_redraws_candidates(app):
     invoke(app._tags["log"], True)
 
 
+@window
 def test_step_reset_and_keys(app):
     import dearpygui.dearpygui as dpg
 
@@ -172,6 +193,7 @@ def test_step_reset_and_keys(app):
     assert not dpg.is_item_shown(app._tags["help"])
 
 
+@window
 def test_estimator_and_task_switch(app):
     import dearpygui.dearpygui as dpg
 
@@ -205,6 +227,7 @@ def test_estimator_and_task_switch(app):
     assert dpg.get_value(app._tags["env"]) == ENV
 
 
+@window
 def test_failing_callbacks_do_not_kill_the_app(app):
     settle(app)
     errors = app.errors
@@ -222,6 +245,7 @@ def test_failing_callbacks_do_not_kill_the_app(app):
     assert app.session.step_index == start + 1
 
 
+@window
 def test_cli_frames_and_screenshot(tmp_path):
     require_display()
     out = tmp_path / "cli.png"

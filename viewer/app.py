@@ -124,7 +124,8 @@ def _rgb255(rgba) -> tuple[int, int, int, int]:
 
 
 class ViewerApp:
-    """One window over one ``Session``.
+    """One window over one ``Session``; one per process (Dear PyGui 2.3 crashes on a second
+    window in a process whose first ran next to a MuJoCo GL context or loaded a font).
 
     Args:
         session: the session to show and drive (the app starts its worker and render threads).
