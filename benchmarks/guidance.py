@@ -16,6 +16,11 @@ a_hat at every step, for the plots), and best-of-N on top of ``none`` (plain BFN
 FLOPs per action come from ``core.diagnostics.flops_per_action`` (matrix products, forward
 and backward). A second ratio uses the process's CPU time, which does not count time other
 processes hold the cores: on a shared machine it is the steadier of the two.
+
+Threads: torch's default (one per core) unless ``--threads``. On the project's 2-core
+machines, busy with other jobs, two threads made batch-1 sampling 2-3x slower than one
+(every parallel region waits for a core another process holds) and the guided variants more
+so than unguided sampling; compare thread counts with ``--threads``.
 """
 
 from __future__ import annotations
