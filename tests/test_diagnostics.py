@@ -245,10 +245,13 @@ def test_q_optimisation_against_an_independent_oracle():
     candidates = euler(velocity, obs.repeat_interleave(n, 0), noise, T)
     q_all = critic(obs.repeat_interleave(n, 0), candidates).detach().view(states, n)
     torch.testing.assert_close(result.oracle_q, q_all.max(dim=1).values)
+    torch.testing.assert_close(result.candidate_q, q_all)
     best = candidates.view(states, n, ACT)[torch.arange(states), q_all.argmax(dim=1)]
+    torch.testing.assert_close(result.oracle_actions, best)
     for i, name in enumerate(result.estimators):
         trace = guided_sample(velocity, critic, obs, name, weights[name], T, noise[::n])
         torch.testing.assert_close(result.q[i], trace.q_final)
+        torch.testing.assert_close(result.actions[i], trace.actions)
         rms = (trace.actions - best).norm(dim=-1) / math.sqrt(ACT)
         torch.testing.assert_close(result.distance_to_oracle[i], rms)
     # Plain BC from candidate 0 is one of the oracle's candidates: never better than it.
