@@ -32,6 +32,7 @@ Speed (batch 1 on a CPU is bound by per-op overhead and by reading the weights):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -143,14 +144,24 @@ class _EnsembleCriticGrad(CriticGrad):
         ensemble = critic.q_ensemble
         self.heads = ensemble.ensemble
         self.mean = critic.aggregate == "mean"
-        self.layers = list(ensemble.net)
+        layers = list(ensemble.net)
         a_dim = critic.action_dim
+        # forward: the layers as (kind, *arguments), looked up once: module attribute access
+        # costs at every call.
+        self.forward: list[tuple] = []
+        for layer in layers:
+            if isinstance(layer, EnsembleLinear):
+                self.forward.append(("linear", layer.bias, layer.weight))
+            elif isinstance(layer, nn.GELU):
+                self.forward.append(("gelu", layer.approximate))
+            else:
+                self.forward.append(("norm", [layer.dim], layer.weight, layer.bias))
         # backward[e]: head e's layers in reverse as (kind, parameter view, extra).
         self.backward: list[list[tuple]] = []
         for e in range(self.heads):
             plan: list[tuple] = []
-            for i in range(len(self.layers) - 1, -1, -1):
-                layer = self.layers[i]
+            for i in range(len(layers) - 1, -1, -1):
+                layer = layers[i]
                 if isinstance(layer, EnsembleLinear):
                     w = layer.weight[e]  # [in, out]
                     plan.append(("linear", (w[-a_dim:] if i == 0 else w).T, None))
@@ -165,26 +176,30 @@ class _EnsembleCriticGrad(CriticGrad):
         x = torch.cat([obs, a], dim=-1)
         x = x.expand(self.heads, *x.shape)
         saved: list[tuple] = []
-        for layer in self.layers:
-            if isinstance(layer, EnsembleLinear):
-                x = torch.baddbmm(layer.bias, x, layer.weight)
-            elif isinstance(layer, nn.GELU):
+        for kind, *args in self.forward:
+            if kind == "linear":
+                bias, weight = args
+                x = torch.baddbmm(bias, x, weight)
+            elif kind == "gelu":
                 saved.append((x,))
-                x = F.gelu(x, approximate=layer.approximate)
+                x = F.gelu(x, approximate=args[0])
             else:
+                shape, weight, bias = args
                 y, mean, rstd = torch.ops.aten.native_layer_norm(
-                    x, [layer.dim], None, None, _LAYER_NORM_EPS
+                    x, shape, None, None, _LAYER_NORM_EPS
                 )
                 saved.append((x, mean, rstd))
-                x = torch.addcmul(layer.bias, y, layer.weight)
+                x = torch.addcmul(bias, y, weight)
         return x.squeeze(-1), saved
 
     def _head_backward(self, saved: list[tuple], head: int, rows: Tensor | None, n: int) -> Tensor:
         """``[n, A]`` gradient of head ``head``'s Q for the ``n`` rows ``rows`` (None: all)."""
 
-        def act(t: Tensor) -> Tensor:  # this head's rows of a saved [E, B, ...]
-            return t[head] if rows is None else t[head].index_select(0, rows)
+        def gathered(t: Tensor) -> Tensor:
+            return t[head].index_select(0, rows)
 
+        # This head's rows of a saved activation [E, B, ...] (a view when all rows).
+        act = operator.itemgetter(head) if rows is None else gathered
         pending = iter(reversed(saved))
         plan = self.backward[head]
         # d Q / d (last hidden) is the output layer's weight row, the same for every row.
