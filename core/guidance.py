@@ -496,6 +496,25 @@ class DenoiseTrace:
         }
         return DenoiseTrace(**moved)
 
+    def row(self, i: int) -> DenoiseTrace:
+        """Row ``i`` of the batch as a one-row trace (its ``best_of`` candidates)."""
+        cand = slice(i * self.best_of, (i + 1) * self.best_of)
+        return DenoiseTrace(
+            actions=self.actions[i : i + 1],
+            a_t=self.a_t[:, cand],
+            a_hat=self.a_hat[:, cand],
+            grad=self.grad[:, cand],
+            q_hat=self.q_hat[:, cand],
+            q_final=self.q_final[cand],
+            chosen=self.chosen[i : i + 1],
+            nonfinite=self.nonfinite[cand],
+            weight=self.weight[cand],
+            estimator=self.estimator,
+            steps=self.steps,
+            best_of=self.best_of,
+            clip=self.clip,
+        )
+
 
 def _expand_weight(weight: float | Tensor, batch: int, best_of: int, like: Tensor) -> Tensor:
     # A Python float goes straight to the sample's dtype (via float32 it would be rounded).

@@ -644,27 +644,6 @@ class Recording:
         )  # fmt: skip
 
 
-def _row(trace: DenoiseTrace, i: int) -> DenoiseTrace:
-    """Row ``i`` of a trace as a one-row trace (``B* = best_of``)."""
-    n = trace.best_of
-    cand = slice(i * n, (i + 1) * n)
-    return DenoiseTrace(
-        actions=trace.actions[i : i + 1],
-        a_t=trace.a_t[:, cand],
-        a_hat=trace.a_hat[:, cand],
-        grad=trace.grad[:, cand],
-        q_hat=trace.q_hat[:, cand],
-        q_final=trace.q_final[cand],
-        chosen=trace.chosen[i : i + 1],
-        nonfinite=trace.nonfinite[cand],
-        weight=trace.weight[cand],
-        estimator=trace.estimator,
-        steps=trace.steps,
-        best_of=n,
-        clip=trace.clip,
-    )
-
-
 def sample_with_ghost(
     policy: torch.nn.Module,
     critic: Callable[[Tensor, Tensor], Tensor],
@@ -697,7 +676,7 @@ def sample_with_ghost(
         noise=torch.cat([noise, noise]).to(obs.device),
         best_of=n,
     )
-    return _row(trace, 0), _row(trace, 1)
+    return trace.row(0), trace.row(1)
 
 
 def record(

@@ -649,3 +649,20 @@ def test_memory_is_flat_over_many_calls():
             trace = guided_sample(velocity, critic, obs, name, 0.2, T, generator=torch.Generator())
             del trace
     assert _live_tensors() <= before
+
+
+def test_row_is_the_rows_candidates_as_a_one_row_trace():
+    torch.manual_seed(0)
+    velocity = VelocityField(3, 2, (8,))
+    critic = Critic(3, 2, (8,))
+    obs = torch.randn(3, 3)
+    trace = guided_sample(velocity, critic, obs, "qgf", weight=0.1, best_of=4)
+    one = guided_sample(
+        velocity, critic, obs[1:2], "qgf", weight=0.1, best_of=4, noise=trace.a_t[0, 4:8]
+    )
+    row = trace.row(1)
+    assert row.best_of == 4 and row.actions.shape == (1, 2)
+    assert torch.equal(row.a_t, trace.a_t[:, 4:8])
+    assert torch.equal(row.chosen, trace.chosen[1:2])
+    torch.testing.assert_close(row.actions, one.actions)
+    torch.testing.assert_close(row.q_hat, one.q_hat)
