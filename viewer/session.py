@@ -34,6 +34,7 @@ from core import envs
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
 from core.models import Critic, VelocityField
 from core.render import Overlay
+from viewer.manifold_view import CandidateDistances
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -114,6 +115,8 @@ class StepSample:
         q_denoise: ``[T+1, N]`` Q(s, a_hat) at each denoising step, then Q(s, final action).
         q_denoise_ghost: the same for the unguided candidates.
         off_manifold: ``[N]`` bool flags from a distance-to-data check, or None.
+        distances: distance to the data of the guided and ghost candidates
+            (``viewer.manifold_view.CandidateDistances``), or None when not measured.
         seconds: wall time of sampling and mapping.
     """
 
@@ -130,6 +133,7 @@ class StepSample:
     q_denoise: np.ndarray
     q_denoise_ghost: np.ndarray
     off_manifold: np.ndarray | None = None
+    distances: CandidateDistances | None = None
     seconds: float = 0.0
 
     @property
