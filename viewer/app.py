@@ -42,6 +42,7 @@ from core.render import (
     time_color,
 )
 from viewer.frames import FrameStream
+from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.session import RANDOM_LABEL, FrameSpec, Session
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
@@ -158,6 +159,13 @@ class ViewerApp:
             size=(self._scene_w, self._scene_h),
         )
         self.worker.after_command.append(self.frames.wake)
+        # Distance to the data: the hook runs on the worker with every sample, and the
+        # manifold is built there on a checkpoint's first sample, never on the GUI thread.
+        self.manifold = ManifoldAnalysis()
+        self.sweep: SweepPreview | None = None
+        self._sweep_wanted: tuple | None = None
+        self._sweep_shown: SweepPreview | None = None
+        self.worker.submit("manifold", self.manifold.attach)
         # Play computes the next step while the current one renders, never further ahead.
         self.worker.play_gate = lambda: self.frames.started_version >= self.session.version
         self.frames.set_preset(DEFAULT_CAMERA)
@@ -764,6 +772,7 @@ class ViewerApp:
                 t["q_unguided"] = dpg.add_line_series([], [], label="w = 0", skip_nan=True)
                 t["q_guided"] = dpg.add_line_series([], [], label="guided", skip_nan=True)
                 t["q_exec"] = dpg.add_line_series([], [], label="executed")
+                t["q_off"] = dpg.add_scatter_series([], [], label="off data")
         with dpg.plot(label="a_hat of the executed candidate", height=PLOT_HEIGHT, width=300) as (
             t["plot_a"]
         ):
@@ -774,6 +783,21 @@ class ViewerApp:
                 for j, name in enumerate(_ACTION_NAMES):
                     t[f"a_u{j}"] = dpg.add_line_series([], [], label=f"##{name} w=0")
                     t[f"a_g{j}"] = dpg.add_line_series([], [], label=name)
+        with dpg.plot(label="Sweep of w at this state", height=PLOT_HEIGHT, width=300) as (
+            t["plot_sweep"]
+        ):
+            legend()
+            t["sw_x"] = dpg.add_plot_axis(
+                dpg.mvXAxis, label="guidance weight w (log)", scale=dpg.mvPlotScale_Log10
+            )
+            with dpg.plot_axis(dpg.mvYAxis, label="mean Q") as t["sw_y"]:
+                t["sw_q"] = dpg.add_line_series([], [], label="Q")
+                t["sw_w"] = dpg.add_inf_line_series([], label="current w")
+            with dpg.plot_axis(dpg.mvYAxis2, label="distance to data", opposite=True) as (
+                t["sw_y2"]
+            ):
+                t["sw_d"] = dpg.add_line_series([], [], label="distance")
+                t["sw_thr"] = dpg.add_inf_line_series([], horizontal=True, label="threshold")
         self._series_themes()
 
     def _series_themes(self) -> None:
@@ -810,6 +834,12 @@ class ViewerApp:
         dpg.bind_item_theme(t["q_unguided"], self._theme_unguided)
         dpg.bind_item_theme(t["q_guided"], self._theme_guided)
         dpg.bind_item_theme(t["q_exec"], self._theme_exec)
+        off = _rgb255(OFF_MANIFOLD_RGBA)
+        dpg.bind_item_theme(t["q_off"], line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
+        dpg.bind_item_theme(t["sw_q"], line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["sw_d"], line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["sw_thr"], line_theme(off, 1.0))
+        dpg.bind_item_theme(t["sw_w"], line_theme((255, 255, 255, 160), 1.0))
         for j in range(len(_ACTION_NAMES)):
             dpg.bind_item_theme(t[f"a_u{j}"], self._theme_dims_ghost[j])
             dpg.bind_item_theme(t[f"a_g{j}"], self._theme_dims[j])
@@ -899,8 +929,8 @@ class ViewerApp:
         th, tw = self._buffer.shape[:2]
         scale = min(aw / tw, ah / th)
         dpg.configure_item(t["image"], width=int(tw * scale), height=int(th * scale))
-        pw = (vw - 36) // 3
-        for name in ("plot_episode", "plot_q", "plot_a"):
+        pw = (vw - 44) // 4
+        for name in ("plot_episode", "plot_q", "plot_a", "plot_sweep"):
             dpg.configure_item(t[name], width=pw, height=PLOT_HEIGHT)
         if self._fit and (aw, ah) != (self._scene_w, self._scene_h):
             self._scene_w, self._scene_h = aw, ah
@@ -957,6 +987,9 @@ class ViewerApp:
         if spec is not None and spec.version != self._plotted_version:
             self._plotted_version = spec.version
             self._plot(spec)
+        self._request_sweep()
+        if self.sweep is not self._sweep_shown:
+            self._plot_sweep()
         # After a switch (or a refused one) the controls show what the session really has.
         if dpg.get_value(t["env"]) != session.settings.env_name and not self.worker.busy:
             self._sync_controls()
@@ -1010,6 +1043,46 @@ class ViewerApp:
             dpg.set_axis_limits(t["ep_y"], lo - pad, hi + pad)
             dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
         self._plot_denoising(rec.sample, rec.chunk_step)
+        dpg.set_value(t["sw_w"], [[float(max(s.weight, 1e-4))]])
+
+    def _request_sweep(self) -> None:
+        """Ask the worker for a sweep preview when the step, estimator, T, N or seed changed
+        (a pending request is replaced, so requests coalesce). Not while playing: a sweep per
+        step would take the worker's time from the steps."""
+        if self.session.current is None or self.worker.playing:
+            return
+        key = sweep_key(self.session)
+        if key == self._sweep_wanted:
+            return
+        self._sweep_wanted = key
+
+        def run(session: Session) -> None:
+            self.sweep = self.manifold.sweep(session)
+
+        self.worker.submit("sweep", run)
+
+    def _plot_sweep(self) -> None:
+        t = self._tags
+        sweep = self._sweep_shown = self.sweep
+        w = sweep.weights.tolist()
+        dpg.set_value(t["sw_q"], [w, sweep.q_mean.tolist()])
+        dpg.set_value(t["sw_d"], [w, np.nan_to_num(sweep.distance_mean, nan=0.0).tolist()])
+        available = math.isfinite(sweep.threshold)
+        dpg.configure_item(t["sw_d"], show=available)
+        dpg.configure_item(t["sw_thr"], show=available)
+        if available:
+            dpg.set_value(t["sw_thr"], [[sweep.threshold]])
+            d = np.concatenate([sweep.distance_mean, [sweep.threshold]])
+            dpg.set_axis_limits(t["sw_y2"], 0.0, float(d.max()) * 1.1 + 1e-6)
+        dpg.configure_item(
+            t["plot_sweep"],
+            label=f"Sweep of w at this state ({sweep.seconds * 1000:.0f} ms)"
+            + ("" if available else ": distance n/a"),
+        )
+        lo, hi = float(sweep.q_mean.min()), float(sweep.q_mean.max())
+        pad = 0.08 * (hi - lo) + 1e-3
+        dpg.set_axis_limits(t["sw_y"], lo - pad, hi + pad)
+        dpg.set_axis_limits(t["sw_x"], w[0] * 0.8, w[-1] * 1.25)
 
     def _plot_denoising(self, sample, chunk_step: int) -> None:
         t = self._tags
@@ -1021,6 +1094,9 @@ class ViewerApp:
         dpg.set_value(t["q_guided"], _nan_joined(k, q_g))
         e = sample.executed
         dpg.set_value(t["q_exec"], [k.tolist(), q_g[:, e].astype(np.float64).tolist()])
+        off = sample.off_manifold if sample.off_manifold is not None else np.zeros(0, bool)
+        q_off = q_g[-1][off].astype(np.float64).tolist()
+        dpg.set_value(t["q_off"], [[float(steps)] * len(q_off), q_off])
         finite = np.concatenate([q_g.ravel(), q_u.ravel()])
         finite = finite[np.isfinite(finite)]
         if finite.size:
@@ -1063,6 +1139,18 @@ class ViewerApp:
             f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
             + (" best-of" if s.best_of else ""),
         ]
+        dist = rec.sample.distances if rec is not None else None
+        if dist is not None:
+            n = len(dist.off_manifold)
+            parts.append(
+                f"off-manifold {int(dist.off_manifold.sum())}/{n}"
+                f" (w=0: {int(dist.ghost_off_manifold.sum())}/{n})"
+            )
+        elif rec is not None:
+            parts.append(
+                "distance to data n/a"
+                + (" (random weights)" if (session.label == RANDOM_LABEL) else "")
+            )
         if self.worker.busy:
             parts.append("sampling ...")
         dpg.set_value(t["status_text"], "  |  ".join(parts))

@@ -1,0 +1,102 @@
+"""viewer/app.py's distance-to-data parts under Xvfb: the sweep plot, off-manifold counts.
+
+Like tests/test_viewer_app.py, the window tests run in a child pytest process of their own
+(``tests/xvfb.py`` says why).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import math  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from xvfb import in_child_process, require_display  # noqa: E402
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+ENV = "cube-single-play-singletask-task2-v0"
+CHILD_FLAG = "QGF_VIEWER_MANIFOLD_WINDOW_TESTS"
+IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
+window = pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_window_tests)")
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_window_tests():
+    """Every window test below, in a fresh process (see the module docstring)."""
+    expected = sum(1 for n in globals() if n.startswith("test_") and n != "test_window_tests")
+    in_child_process(__file__, CHILD_FLAG, expected)
+
+
+@pytest.fixture(scope="module")
+def app():
+    require_display()
+    from viewer.app import ViewerApp
+    from viewer.session import Session, Settings, default_checkpoint
+
+    path = default_checkpoint()
+    if path is None:
+        pytest.skip("no shipped checkpoint for the default env")
+    settings = Settings(env_name=ENV, steps=6, candidates=6, weight=0.03)
+    a = ViewerApp(Session(path, settings=settings))
+    a.build()
+    a._wait_first_frame()
+    yield a
+    a.close()
+
+
+def pump(app, until: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Run GUI frames until ``until()`` holds (fails the test on timeout)."""
+    end = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < end, "condition not reached in time"
+        app.frame()
+
+
+def settle(app) -> None:
+    assert app.worker.wait_idle(60)
+    pump(app, lambda: app.frame_spec is not None and app.frame_spec.version == app.session.version)
+    app.frame()
+    assert app.worker.wait_idle(60)  # the sweep the frame asked for
+    pump(app, lambda: app._sweep_shown is app.sweep and app.sweep is not None)
+
+
+@window
+def test_sweep_plot_has_data_and_status_counts_off_manifold(app):
+    import dearpygui.dearpygui as dpg
+
+    from viewer.manifold_view import SWEEP_WEIGHTS
+
+    settle(app)
+    t = app._tags
+    assert dpg.does_item_exist(t["plot_sweep"])
+    assert dpg.get_item_configuration(t["plot_sweep"])["show"]
+    x, q = dpg.get_value(t["sw_q"])[:2]
+    np.testing.assert_allclose(x, SWEEP_WEIGHTS, rtol=1e-6)
+    np.testing.assert_allclose(q, app.sweep.q_mean, rtol=1e-5)
+    xd, d = dpg.get_value(t["sw_d"])[:2]
+    np.testing.assert_allclose(d, app.sweep.distance_mean, rtol=1e-5)
+    assert all(math.isfinite(v) and v >= 0 for v in d)
+    threshold = dpg.get_value(t["sw_thr"])[0][0]
+    assert threshold == pytest.approx(app.manifold.manifold.threshold)
+    assert dpg.get_value(t["sw_w"])[0][0] == pytest.approx(0.03)
+    assert dpg.get_item_label(t["sw_x"]) and dpg.get_item_label(t["sw_y2"])
+    dist = app.session.current.sample.distances
+    n = len(dist.off_manifold)
+    assert f"off-manifold {int(dist.off_manifold.sum())}/{n}" in app.status_text()
+    # Q-along-denoising marks each flagged candidate's final Q.
+    assert len(dpg.get_value(t["q_off"])[1]) == int(dist.off_manifold.sum())
+
+
+@window
+def test_new_estimator_refreshes_the_sweep(app):
+    settle(app)
+    before = app.sweep
+    app.command("estimator", lambda s: s.update(estimator="ood"))
+    settle(app)
+    assert app.sweep is not before and app.sweep.sweep.estimator == "ood"
