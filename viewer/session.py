@@ -234,27 +234,6 @@ class Timings:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def _row(trace: DenoiseTrace, i: int) -> DenoiseTrace:
-    """Row ``i`` of a batched trace as a one-row trace (``B* = best_of``)."""
-    n = trace.best_of
-    sl = slice(i * n, (i + 1) * n)
-    return DenoiseTrace(
-        actions=trace.actions[i : i + 1],
-        a_t=trace.a_t[:, sl],
-        a_hat=trace.a_hat[:, sl],
-        grad=trace.grad[:, sl],
-        q_hat=trace.q_hat[:, sl],
-        q_final=trace.q_final[sl],
-        chosen=trace.chosen[i : i + 1],
-        nonfinite=trace.nonfinite[sl],
-        weight=trace.weight[sl],
-        estimator=trace.estimator,
-        steps=trace.steps,
-        best_of=trace.best_of,
-        clip=trace.clip,
-    )
-
-
 def noise_seed(seed: int, step: int) -> int:
     """Seed of the denoising noise at env step ``step`` of an episode run with ``seed``."""
     return (int(seed) * 1_000_003 + int(step)) % (2**63)
@@ -588,14 +567,14 @@ class Session:
                 q_points = q_points.reshape(t + 1, -1)
         trace = trace.to("cpu")
         q_points = q_points.cpu().numpy().astype(np.float32)
-        guided = _row(trace, 0)
+        guided = trace.row(0)
         executed = int(guided.chosen[0]) if s.best_of else 0
 
         parts = [guided.a_hat.numpy().reshape(t * n, h, -1), guided.final.numpy().reshape(n, h, -1)]
         if keep:
             unguided, q_ghost = reuse.unguided, reuse.q_denoise_ghost
         else:
-            unguided, q_ghost = _row(trace, 1), q_points[:, n:]
+            unguided, q_ghost = trace.row(1), q_points[:, n:]
             parts.append(unguided.final.numpy().reshape(n, h, -1))
         origin, _ = envs.effector_state(self.env)
         targets = envs.action_to_ee_targets(self.env, np.concatenate(parts))
