@@ -14,7 +14,6 @@ from core.cli import main as qgf
 from core.recording import (
     Recording,
     RecordSettings,
-    noise_seed,
     parse_layers,
     record,
     step_noise,
@@ -129,12 +128,6 @@ def test_noise_is_a_function_of_seed_and_step_only() -> None:
     assert torch.equal(a, step_noise(3, 7, 4, 5))
     assert not torch.equal(a, step_noise(3, 8, 4, 5))
     assert not torch.equal(a, step_noise(4, 7, 4, 5))
-
-
-def test_noise_seed_matches_the_viewer() -> None:
-    session = pytest.importorskip("viewer.session")
-    for seed, step in [(0, 0), (0, 5), (3, 199), (12345, 17)]:
-        assert noise_seed(seed, step) == session.noise_seed(seed, step)
 
 
 def test_cli_bad_input_exits_2_with_a_message(

@@ -16,12 +16,12 @@ import torch  # noqa: E402
 from core import envs  # noqa: E402
 from core.guidance import ESTIMATORS, guided_sample  # noqa: E402
 from core.models import Critic, VelocityField  # noqa: E402
+from core.recording import step_noise  # noqa: E402
 from core.render import RenderSettings  # noqa: E402
 from viewer.session import (  # noqa: E402
     RANDOM_LABEL,
     Session,
     Settings,
-    noise_seed,
 )
 
 pytestmark = pytest.mark.slow
@@ -60,9 +60,10 @@ def test_sample_shapes_and_shared_noise(session):
     assert sample.ee_denoise.shape == (t, n, h, 3)
     assert sample.ee_final.shape == sample.ee_ghost.shape == (n, h, 3)
     assert sample.gripper.shape == (n, h)
-    # Guided and ghost start from the same noise, drawn from (seed, step).
+    # Guided and ghost start from the same noise, drawn from (seed, step) by the recorder's
+    # convention, so a recording with the same seed draws the same candidates.
     assert torch.equal(sample.guided.a_t[0], sample.unguided.a_t[0])
-    expected = torch.randn(n, 5 * h, generator=torch.Generator().manual_seed(noise_seed(0, 0)))
+    expected = step_noise(0, 0, n, 5 * h)
     assert torch.equal(sample.noise, expected)
     assert np.allclose(sample.origin, envs.effector_state(session.env)[0])
 

@@ -33,6 +33,7 @@ import torch
 from core import envs
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
 from core.models import Critic, VelocityField
+from core.recording import step_noise
 from core.render import Overlay
 from viewer.manifold_view import CandidateDistances
 
@@ -232,11 +233,6 @@ class Timings:
     policy: float = 0.0
     env: float = 0.0
     values: dict[str, float] = field(default_factory=dict)
-
-
-def noise_seed(seed: int, step: int) -> int:
-    """Seed of the denoising noise at env step ``step`` of an episode run with ``seed``."""
-    return (int(seed) * 1_000_003 + int(step)) % (2**63)
 
 
 def default_checkpoint(root: Path = CHECKPOINT_ROOT) -> Path | None:
@@ -537,11 +533,9 @@ class Session:
             == (s.seed, t, n)
             and reuse.unguided.a_t.shape[-1] == a_dim
         )
-        if keep:
-            noise = reuse.noise
-        else:
-            gen = torch.Generator().manual_seed(noise_seed(s.seed, index))
-            noise = torch.randn(n, a_dim, generator=gen)
+        # Fresh noise follows the recorder's convention, so `qgf record --seed S` draws what
+        # the viewer draws with seed S.
+        noise = reuse.noise if keep else step_noise(s.seed, index, n, a_dim)
         o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
         rows = 1 if keep else 2
         trace = guided_sample(
