@@ -386,3 +386,92 @@ def test_sample_hooks_flag_candidates_before_they_are_shown(session):
         assert session.frame().overlay.off_manifold[0]
     finally:
         session.sample_hooks.clear()
+
+
+def _count_calls(session: Session) -> dict[str, int]:
+    """Count every forward of the policy and critic and every env step from now on."""
+    calls = {"policy": 0, "critic": 0, "env": 0}
+
+    def hook(name):
+        def count(*_):
+            calls[name] += 1
+
+        return count
+
+    session.policy.register_forward_hook(hook("policy"))
+    session.critic.register_forward_hook(hook("critic"))
+    env_step = session.env.step
+
+    def step(action):
+        calls["env"] += 1
+        return env_step(action)
+
+    session.env.step = step
+    return calls
+
+
+def test_timeline_scrub_shows_the_record_without_running_anything(session):
+    recorded = []
+    for _ in range(4):
+        rec = session.step()
+        recorded.append(
+            (rec.obs.copy(), rec.snapshot.physics.copy(), rec.sample.guided.a_t.clone())
+        )
+    current = session.current
+    calls = _count_calls(session)
+    try:
+        for i in (2, 0, 3, 1):
+            version = session.version
+            shown = session.view_step(i)
+            assert shown is session.history[i] is session.viewed and session.viewing == i
+            obs, physics, a_t = recorded[i]
+            assert np.array_equal(shown.obs, obs)
+            assert torch.equal(shown.sample.guided.a_t, a_t)
+            spec = session.frame()
+            assert spec.version > version and spec.record is shown
+            assert np.array_equal(spec.physics, physics)
+            assert np.array_equal(spec.overlay.final, shown.sample.ee_final)
+            assert spec.overlay.executed == shown.sample.executed
+        # The current step is still there, untouched; its index means live again.
+        assert session.current is current and session.step_index == 4
+        assert session.view_step(4) is current and session.viewing is None
+        session.view_step(-3)
+        assert session.viewing == 0
+        assert session.view_step(99) is current and session.viewing is None
+        session.view_step(1)
+        assert session.live() is current and session.frame().record is current
+        assert calls == {"policy": 0, "critic": 0, "env": 0}
+        # Stepping (as play does) while scrubbing goes back to live.
+        session.view_step(2)
+        rec = session.step()
+        assert rec.index == 4 and session.viewing is None
+        assert session.frame().record is session.current
+        assert calls["env"] == 1 and calls["policy"] > 0
+        session.view_step(0)
+        session.reset()
+        assert session.viewing is None and session.frame().record is session.current
+    finally:
+        del session.env.step
+        for net in (session.policy, session.critic):
+            net._forward_hooks.clear()
+
+
+def test_timeline_memory_per_step_is_bounded(session):
+    # Default settings' sample size (T=10, N=8): the figure in viewer/session.py's docstring.
+    session.update(steps=10, candidates=8)
+    steps = 20
+    for _ in range(steps):
+        session.step()
+    total = session.timeline_nbytes()
+    per_step = total / (steps + 1)
+    rec = session.history[0]
+    trace = rec.sample.guided
+    # Counts at least the state, the observation and the guided iterates of every step ...
+    floor = rec.snapshot.physics.nbytes + rec.obs.nbytes + trace.a_t.numel() * 4
+    assert per_step > floor
+    # ... and stays within the bound stated in the docstring (measured: about 19 KB).
+    assert per_step < 32_000
+    # Shared arrays count once: the same records listed twice add nothing.
+    from viewer.session import _nbytes
+
+    assert _nbytes([*session.history, *session.history, session.current], set()) == total
