@@ -273,3 +273,42 @@ def test_cli_frames_and_screenshot(tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and "cannot write" in bad.stderr
+
+
+@window
+def test_record_button_writes_what_the_scene_shows(app, tmp_path, monkeypatch):
+    import dearpygui.dearpygui as dpg
+
+    settle(app)
+    monkeypatch.chdir(tmp_path)  # the default path is recordings/ under the CWD
+    dpg.set_value(app._tags["record_caption"], False)  # read when recording starts
+    button = app._tags["record"]
+    invoke(button)
+    assert app.recorder.is_recording
+    for _ in range(3):
+        app.single_step()
+        settle(app)
+    app.frame()
+    assert "REC" in dpg.get_value(app._tags["rec"])
+    assert dpg.get_item_configuration(button)["label"] == "Stop"
+    n = app.recorder.frame_count
+    assert n >= 3
+    invoke(button)
+    app.frame()
+    assert not app.recorder.is_recording and dpg.get_value(app._tags["rec"]) == ""
+    files = list((tmp_path / "recordings").glob(f"{ENV}-*.mp4"))
+    assert len(files) == 1 and str(files[0]) in app.status_text()
+    video = iio.imread(files[0])
+    h, w = app._buffer.shape[:2]
+    # Frames rendered between reading n and the stop are in the file too.
+    assert video.shape[0] >= n and video.shape[1:] == (h, w, 3)
+    # The key does the same: V starts, V stops; the GIF format comes from the combo.
+    dpg.set_value(app._tags["record_format"], "gif")
+    invoke(app._tags["key_v"])
+    app.single_step()
+    settle(app)
+    invoke(app._tags["key_v"])
+    gifs = list((tmp_path / "recordings").glob(f"{ENV}-*.gif"))
+    assert len(gifs) == 1 and iio.imread(gifs[0], index=None).shape[1:3] == (h, w)
+    dpg.set_value(app._tags["record_format"], "mp4")
+    dpg.set_value(app._tags["record_caption"], True)

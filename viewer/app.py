@@ -43,6 +43,7 @@ from core.render import (
 )
 from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
+from viewer.record import SceneRecorder, default_path
 from viewer.session import RANDOM_LABEL, FrameSpec, Session
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
@@ -90,6 +91,7 @@ KEYS = (
     ("G", "toggle the unguided ghost"),
     ("D", "toggle the denoising paths"),
     ("P", "save a screenshot"),
+    ("V", "start / stop recording a video of the scene"),
     ("H or F1", "this help"),
     ("Esc", "close this help"),
     ("Left drag", "orbit the camera (in the scene)"),
@@ -159,6 +161,8 @@ class ViewerApp:
             size=(self._scene_w, self._scene_h),
         )
         self.worker.after_command.append(self.frames.wake)
+        # The record button: the scene's rendered frames, hooked only while recording.
+        self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         # Distance to the data: the hook runs on the worker with every sample, and the
         # manifold is built there on a checkpoint's first sample, never on the GUI thread.
         self.manifold = ManifoldAnalysis()
@@ -241,6 +245,8 @@ class ViewerApp:
         if self._closed:
             return
         self._closed = True
+        # Finish a recording first, so closing the window leaves a complete file.
+        self._finish_recording()
         self.worker.close()
         self.frames.close()
         if self._built:
@@ -482,6 +488,40 @@ class ViewerApp:
         w = max(10**W_LOG_MIN, w) * factor if factor > 1 else w * factor
         self.set_weight(w)
 
+    def toggle_recording(self, *_: Any) -> Path | None:
+        """Start recording the scene view (to ``recordings/<env>-<time>.<fmt>``, format and
+        caption from the widgets), or stop and finish the file; returns it when stopped."""
+        if self.recorder.is_recording:
+            path = self.recorder.stop()
+            self.report(f"recording saved: {path}")
+            return path
+        fmt = str(dpg.get_value(self._tags["record_format"]))
+        caption = bool(dpg.get_value(self._tags["record_caption"]))
+        path = self.recorder.start(
+            default_path(self.session.settings.env_name, fmt), caption=caption
+        )
+        self.report(f"recording to {path}")
+        return None
+
+    def _finish_recording(self) -> None:
+        if not self.recorder.is_recording:
+            return
+        try:
+            path = self.recorder.stop()
+            print(f"recording saved: {path}")
+        except Exception:
+            traceback.print_exc()
+            self.recorder.abort()
+
+    def _record_indicator(self) -> None:
+        t = self._tags
+        rec = self.recorder
+        on = rec.is_recording
+        text = f"\u25cf REC  {rec.frame_count} frames  {rec.elapsed:.1f} s" if on else ""
+        dpg.set_value(t["rec"], text)
+        dpg.configure_item(t["record"], label="Stop" if rec.is_recording else "Record")
+        dpg.bind_item_theme(t["record"], self._play_theme if rec.is_recording else 0)
+
     def toggle_help(self, *_: Any) -> None:
         tag = self._tags["help"]
         dpg.configure_item(tag, show=not dpg.is_item_shown(tag))
@@ -599,6 +639,7 @@ class ViewerApp:
             with dpg.group(horizontal=True) as t["plots"]:
                 self._build_plots()
             with dpg.group(horizontal=True) as t["status"]:
+                t["rec"] = dpg.add_text("", color=(255, 60, 60))
                 t["status_text"] = dpg.add_text("starting ...")
                 t["status_error"] = dpg.add_text("")
                 dpg.bind_item_theme(t["status_error"], self._error_theme)
@@ -696,6 +737,12 @@ class ViewerApp:
                 dpg.add_button(
                     label="Screenshot", callback=cb("screenshot", lambda *_: self.screenshot())
                 )
+            with dpg.group(horizontal=True):
+                t["record"] = dpg.add_button(
+                    label="Record", width=70, callback=cb("record", self.toggle_recording)
+                )
+                t["record_format"] = dpg.add_combo(("mp4", "gif"), default_value="mp4", width=60)
+                t["record_caption"] = dpg.add_checkbox(label="caption", default_value=True)
             with dpg.group(horizontal=True):
                 t["speed"] = dpg.add_slider_float(
                     label="steps/s", min_value=1, max_value=60, default_value=REAL_TIME_STEPS,
@@ -895,6 +942,7 @@ class ViewerApp:
             ("g", dpg.mvKey_G, lambda: self.toggle_layer("ghost")),
             ("d", dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
             ("p", dpg.mvKey_P, lambda: self.screenshot()),
+            ("v", dpg.mvKey_V, self.toggle_recording),
         )
         with dpg.handler_registry():
             for name, key, action in keys:
@@ -1154,6 +1202,7 @@ class ViewerApp:
         if self.worker.busy:
             parts.append("sampling ...")
         dpg.set_value(t["status_text"], "  |  ".join(parts))
+        self._record_indicator()
         now = time.monotonic()
         errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
         notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
