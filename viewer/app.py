@@ -163,6 +163,7 @@ class ViewerApp:
         self.worker.after_command.append(self.frames.wake)
         # The record button: the scene's rendered frames, hooked only while recording.
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
+        self._saved: tuple[Path, float] | None = None  # last recording, when it was saved
         # Distance to the data: the hook runs on the worker with every sample, and the
         # manifold is built there on a checkpoint's first sample, never on the GUI thread.
         self.manifold = ManifoldAnalysis()
@@ -445,6 +446,19 @@ class ViewerApp:
         self.worker.pause()
         self.command("reset", lambda s: s.reset())
 
+    def view_step(self, index: int | None) -> None:
+        """Show recorded step ``index`` of the episode (None or the current step: live).
+        Scrubbing pauses playback; nothing is sampled or stepped."""
+        if index is not None:
+            self.worker.pause()
+        self.command("view", lambda s: s.view_step(index))
+
+    def on_timeline(self, sender, value, user_data=None) -> None:
+        self.view_step(int(value))
+
+    def go_live(self, *_: Any) -> None:
+        self.view_step(None)
+
     def on_speed(self, sender, value, user_data=None) -> None:
         self.worker.set_speed(float(value))
 
@@ -493,6 +507,7 @@ class ViewerApp:
         caption from the widgets), or stop and finish the file; returns it when stopped."""
         if self.recorder.is_recording:
             path = self.recorder.stop()
+            self._saved = (path, time.monotonic())
             self.report(f"recording saved: {path}")
             return path
         fmt = str(dpg.get_value(self._tags["record_format"]))
@@ -517,8 +532,14 @@ class ViewerApp:
         t = self._tags
         rec = self.recorder
         on = rec.is_recording
-        text = f"\u25cf REC  {rec.frame_count} frames  {rec.elapsed:.1f} s" if on else ""
+        text, color = "", (255, 60, 60)
+        if on:
+            text = f"\u25cf REC  {rec.frame_count} frames  {rec.elapsed:.1f} s"
+        elif self._saved is not None and time.monotonic() - self._saved[1] < ERROR_SECONDS:
+            # Shown apart from the notes, so that an error message cannot hide it.
+            text, color = f"saved {self._saved[0]}", (140, 210, 255)
         dpg.set_value(t["rec"], text)
+        dpg.configure_item(t["rec"], color=color)
         dpg.configure_item(t["record"], label="Stop" if rec.is_recording else "Record")
         dpg.bind_item_theme(t["record"], self._play_theme if rec.is_recording else 0)
 
@@ -751,6 +772,13 @@ class ViewerApp:
                 t["max_speed"] = dpg.add_checkbox(
                     label="max", callback=cb("speed", self.on_max_speed)
                 )
+            with dpg.group(horizontal=True):
+                # Scrubs the recorded steps of this episode; the right end is the live step.
+                t["timeline"] = dpg.add_slider_int(
+                    label="##timeline", min_value=0, max_value=0, width=-80,
+                    format="step %d", callback=cb("timeline", self.on_timeline),
+                )  # fmt: skip
+                t["live"] = dpg.add_button(label="Live", callback=cb("live", self.go_live))
         with dpg.collapsing_header(label="Camera and layers", default_open=False):
             with dpg.group(horizontal=True):
                 for name in ("front", "side", "top", "follow"):
@@ -809,6 +837,7 @@ class ViewerApp:
                 t["ep_v"] = dpg.add_line_series([], [], label="V(s)")
                 t["ep_r"] = dpg.add_line_series([], [], label="reward")
                 t["ep_success"] = dpg.add_scatter_series([], [], label="success")
+                t["ep_shown"] = dpg.add_inf_line_series([], label="shown step")
         with dpg.plot(label="Q(s, a_hat) along denoising", height=PLOT_HEIGHT, width=300) as (
             t["plot_q"]
         ):
@@ -1063,10 +1092,17 @@ class ViewerApp:
         s = rec.settings
         limit = getattr(session.env, "spec", None)
         max_steps = getattr(limit, "max_episode_steps", None) or "?"
+        live = session.step_index
+        dpg.configure_item(t["timeline"], max_value=max(live, 1))
+        dpg.set_value(t["timeline"], rec.index)
+        dpg.set_value(t["ep_shown"], [[float(rec.index)]])
+        viewing = rec.index < live
+        dpg.configure_item(t["live"], label=f"Live ({live})" if viewing else "Live")
         dpg.set_value(
             t["info"],
             f"{s.env_name}\nepisode {session.episode}   step {rec.index}/{max_steps}"
-            f"   return {session.episode_return:.1f}   "
+            + (f" (recorded; live at {live})" if viewing else "")
+            + f"   return {session.episode_return:.1f}   "
             + ("SUCCESS" if session.success else "done" if session.done else ""),
         )
         dpg.set_value(
