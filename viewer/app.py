@@ -164,7 +164,6 @@ class ViewerApp:
         # The record button: the scene's rendered frames, hooked only while recording.
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         self._saved: tuple[Path, float] | None = None  # last recording, when it was saved
-        self._saved: tuple[Path, float] | None = None  # last recording, when it was saved
         # Distance to the data: the hook runs on the worker with every sample, and the
         # manifold is built there on a checkpoint's first sample, never on the GUI thread.
         self.manifold = ManifoldAnalysis()
