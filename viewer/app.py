@@ -859,7 +859,7 @@ class ViewerApp:
                 for j, name in enumerate(_ACTION_NAMES):
                     t[f"a_u{j}"] = dpg.add_line_series([], [], label=f"##{name} w=0")
                     t[f"a_g{j}"] = dpg.add_line_series([], [], label=name)
-        with dpg.plot(label="Sweep of w at this state", height=PLOT_HEIGHT, width=300) as (
+        with dpg.plot(label="Sweep of w at the live step", height=PLOT_HEIGHT, width=300) as (
             t["plot_sweep"]
         ):
             legend()
@@ -1160,7 +1160,8 @@ class ViewerApp:
             dpg.set_axis_limits(t["sw_y2"], 0.0, float(d.max()) * 1.1 + 1e-6)
         dpg.configure_item(
             t["plot_sweep"],
-            label=f"Sweep of w at this state ({sweep.seconds * 1000:.0f} ms)"
+            # The sweep is of the live step: scrubbing the timeline never re-samples.
+            label=f"Sweep of w at live step {sweep.key[1]} ({sweep.seconds * 1000:.0f} ms)"
             + ("" if available else ": distance n/a"),
         )
         lo, hi = float(sweep.q_mean.min()), float(sweep.q_mean.max())
