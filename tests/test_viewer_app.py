@@ -15,13 +15,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import imageio.v3 as iio  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from viewer_window import invoke, open_app, pump, shown  # noqa: E402
 from xvfb import in_child_process, require_display  # noqa: E402
 
 from core.render import EXECUTED_RGBA, time_color  # noqa: E402
@@ -43,43 +42,18 @@ def test_window_tests():
 
 @pytest.fixture(scope="module")
 def app():
-    require_display()
-    from viewer.app import ViewerApp
-    from viewer.session import Session, Settings, default_checkpoint
+    from viewer.session import Settings, default_checkpoint
 
     # What `qgf view` opens: the shipped default checkpoint, random weights without one.
     settings = Settings(env_name=ENV, steps=6, candidates=6, weight=0.03)
-    session = Session(default_checkpoint(), settings=settings)
-    a = ViewerApp(session)
-    a.build()
-    a._wait_first_frame()
-    yield a
-    a.close()
-
-
-def pump(app, until: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Run GUI frames until ``until()`` holds (fails the test on timeout)."""
-    end = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < end, "condition not reached in time"
-        app.frame()
+    yield from open_app(settings, default_checkpoint())
 
 
 def settle(app, timeout: float = 60.0) -> None:
     """Let the worker finish and the newest state reach the screen."""
     assert app.worker.wait_idle(timeout)
-    pump(app, lambda: app.frame_spec is not None and app.frame_spec.version == app.session.version)
+    pump(app, lambda: shown(app))
     app.frame()
-
-
-def invoke(tag, value=None) -> None:
-    """Set a widget's value and call its callback, as Dear PyGui does on user input."""
-    import dearpygui.dearpygui as dpg
-
-    if value is not None and dpg.get_item_info(tag)["type"] != "mvAppItemType::mvKeyPressHandler":
-        dpg.set_value(tag, value)
-    cb = dpg.get_item_callback(tag)
-    cb(tag, value, dpg.get_item_user_data(tag))
 
 
 def scene_pixels(app, png: np.ndarray) -> np.ndarray:

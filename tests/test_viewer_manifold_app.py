@@ -11,12 +11,11 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import math  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from xvfb import in_child_process, require_display  # noqa: E402
+from viewer_window import open_app, pump, shown  # noqa: E402
+from xvfb import in_child_process  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -35,32 +34,17 @@ def test_window_tests():
 
 @pytest.fixture(scope="module")
 def app():
-    require_display()
-    from viewer.app import ViewerApp
-    from viewer.session import Session, Settings, default_checkpoint
+    from viewer.session import Settings, default_checkpoint
 
     path = default_checkpoint()
     if path is None:
         pytest.skip("no shipped checkpoint for the default env")
-    settings = Settings(env_name=ENV, steps=6, candidates=6, weight=0.03)
-    a = ViewerApp(Session(path, settings=settings))
-    a.build()
-    a._wait_first_frame()
-    yield a
-    a.close()
-
-
-def pump(app, until: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Run GUI frames until ``until()`` holds (fails the test on timeout)."""
-    end = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < end, "condition not reached in time"
-        app.frame()
+    yield from open_app(Settings(env_name=ENV, steps=6, candidates=6, weight=0.03), path)
 
 
 def settle(app) -> None:
     assert app.worker.wait_idle(60)
-    pump(app, lambda: app.frame_spec is not None and app.frame_spec.version == app.session.version)
+    pump(app, lambda: shown(app))
     app.frame()
     assert app.worker.wait_idle(60)  # the sweep the frame asked for
     pump(app, lambda: app._sweep_shown is app.sweep and app.sweep is not None)

@@ -10,11 +10,11 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from xvfb import in_child_process, require_display  # noqa: E402
+from viewer_window import invoke, open_app, pump, shown  # noqa: E402
+from xvfb import in_child_process  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -33,39 +33,16 @@ def test_window_tests():
 
 @pytest.fixture(scope="module")
 def app():
-    require_display()
-    from viewer.app import ViewerApp
-    from viewer.session import Session, Settings
+    from viewer.session import Settings
 
-    session = Session(settings=Settings(env_name=ENV, steps=4, candidates=4, weight=0.03))
-    a = ViewerApp(session)
-    a.build()
-    a._wait_first_frame()
-    yield a
-    a.close()
+    yield from open_app(Settings(env_name=ENV, steps=4, candidates=4, weight=0.03))
 
 
 def settle(app, timeout: float = 60.0) -> None:
     """Let the worker finish and the newest state reach the screen (plots and scene)."""
     assert app.worker.wait_idle(timeout)
-    end = time.monotonic() + timeout
-    while not (
-        app.frame_spec is not None
-        and app.frame_spec.version == app.session.version
-        and app.frames.started_version >= app.session.version
-    ):
-        assert time.monotonic() < end, "state not shown in time"
-        app.frame()
+    pump(app, lambda: shown(app) and app.frames.started_version >= app.session.version, timeout)
     app.frame()
-
-
-def invoke(tag, value=None) -> None:
-    """Set a widget's value and call its callback, as Dear PyGui does on user input."""
-    import dearpygui.dearpygui as dpg
-
-    if value is not None:
-        dpg.set_value(tag, value)
-    dpg.get_item_callback(tag)(tag, value, dpg.get_item_user_data(tag))
 
 
 @window
