@@ -49,16 +49,6 @@ def _shipped(env: str = DEFAULT_ENV) -> Path | None:
 SHIPPED = _shipped()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks on a shared 2-core machine: with 2 intra-op threads every small op waited
-    for a descheduled worker thread, and this module ran 4x slower (121 s against 27 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
     torch.manual_seed(0)
     config = CheckpointConfig(

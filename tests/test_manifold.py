@@ -17,16 +17,6 @@ from core.models import Critic, VelocityField
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks on a shared 2-core machine: with 2 intra-op threads every small op waited
-    for a descheduled worker thread, and this module ran 4x slower (121 s against 27 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dataset(episodes: int = 12, steps: int = 25, obs_dim: int = 4, act_dim: int = 2, seed=0):
     """Random-walk trajectories: observations [N, O], actions [N, a], terminals [N]."""
     rng = np.random.default_rng(seed)

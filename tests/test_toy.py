@@ -23,17 +23,6 @@ from core.toy import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The toy's tensors are small: on a busy 2-core machine torch's second intra-op thread
-    costs far more than it saves (this module's fast tests: ~430 s with 2 threads under
-    load, ~55 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _velocity(flow: MixtureFlow, x: torch.Tensor, t: float) -> torch.Tensor:
     return flow(x.new_zeros(x.shape[0], 0), x, torch.full((x.shape[0],), t, dtype=x.dtype))
 

@@ -24,17 +24,6 @@ from viewer.toy_session import (
 SMALL = {"steps": 8, "samples": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The toy's tensors are small: on a busy 2-core machine torch's second intra-op thread
-    costs far more than it saves (this module's fast tests: ~430 s with 2 threads under
-    load, ~55 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- settings
 
 
