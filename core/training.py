@@ -112,6 +112,34 @@ def env_task(env: str) -> tuple[str, int | None]:
     return "-".join(parts[:pos] + parts[-1:]), task
 
 
+def checkpoint_config(
+    config: TrainConfig, obs_dim: int, action_dim: int, step: int, **extra: Any
+) -> CheckpointConfig:
+    """The checkpoint config of a policy and critic trained with ``config`` for ``step`` steps.
+
+    Args:
+        obs_dim, action_dim: observation size and one env action's size.
+        extra: further ``CheckpointConfig`` fields (data fingerprint, hyperparameters, time).
+    """
+    dataset, task = env_task(config.env)
+    extra.setdefault("data_fingerprint", {})
+    return CheckpointConfig(
+        env=config.env,
+        dataset=dataset,
+        task=task,
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon=config.horizon,
+        hidden=list(config.hidden),
+        layer_norm=config.layer_norm,
+        time_dim=config.time_dim,
+        q_ensemble=config.q_ensemble,
+        flow_steps=config.flow_steps,
+        training_steps=step,
+        **extra,
+    )
+
+
 @dataclass
 class ChunkedData:
     """Training transitions, one per valid chunk start, as tensors on the training device.
@@ -376,7 +404,6 @@ def train(
         )
 
     learner = Learner(config, obs_dim, action_dim).to(device)
-    dataset_name, task = env_task(config.env)
     evals: list[dict[str, Any]] = []
     step, wall_before, rows = 0, 0.0, []
     if resume and (out / "config.json").exists():
@@ -399,25 +426,6 @@ def train(
             generator.set_state(state.optimizer["rng.batches"].to(torch.uint8))
     learner.to(device)
 
-    def checkpoint_config(wall: float) -> CheckpointConfig:
-        return CheckpointConfig(
-            env=config.env,
-            dataset=dataset_name,
-            task=task,
-            obs_dim=obs_dim,
-            action_dim=action_dim,
-            horizon=config.horizon,
-            hidden=list(config.hidden),
-            layer_norm=config.layer_norm,
-            time_dim=config.time_dim,
-            q_ensemble=config.q_ensemble,
-            flow_steps=config.flow_steps,
-            training_steps=step,
-            data_fingerprint=fingerprint,
-            train=asdict(config),
-            wall_time_s=round(wall, 1),
-        )
-
     def save(wall: float) -> None:
         tensors, meta = optimizer_to_tensors(learner.optimizer)
         tensors["rng.batches"] = generator.get_state()
@@ -426,7 +434,15 @@ def train(
             extras["train_eval.json"] = (json.dumps(evals, indent=2) + "\n").encode()
         save_checkpoint(
             out,
-            checkpoint_config(wall),
+            checkpoint_config(
+                config,
+                obs_dim,
+                action_dim,
+                step,
+                data_fingerprint=fingerprint,
+                train=asdict(config),
+                wall_time_s=round(wall, 1),
+            ),
             learner.policy,
             learner.critic,
             learner.target_critic,

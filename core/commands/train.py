@@ -109,27 +109,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _periodic_eval(config, device: str):
     """A quick sweep during training, on seeds disjoint from `qgf eval`'s default 0.."""
-    from core.checkpoints import CheckpointConfig
     from core.evaluation import evaluate
-    from core.training import env_task
+    from core.training import checkpoint_config
 
     def run_eval(policy, critic, step: int) -> dict[str, float]:
-        dataset, task = env_task(config.env)
-        ck = CheckpointConfig(
-            env=config.env,
-            dataset=dataset,
-            task=task,
-            obs_dim=policy.obs_dim,
-            action_dim=policy.env_action_dim,
-            horizon=config.horizon,
-            hidden=list(config.hidden),
-            layer_norm=config.layer_norm,
-            time_dim=config.time_dim,
-            q_ensemble=config.q_ensemble,
-            flow_steps=config.flow_steps,
-            training_steps=step,
-            data_fingerprint={},
-        )
+        ck = checkpoint_config(config, policy.obs_dim, policy.env_action_dim, step)
         result = evaluate(
             policy,
             critic,
