@@ -121,15 +121,20 @@ class OverlayLayers:
     ghost: bool = True
     gripper: bool = True
     off_manifold: bool = True
+    branches: bool = True
 
 
 @dataclass
 class Polyline:
-    """An extra path to draw (e.g. a timeline branch): ``points [K, 3]`` joined in order."""
+    """An extra path to draw (e.g. a timeline branch): ``points [K, 3]`` joined in order.
+
+    ``layer`` names the ``OverlayLayers`` flag that hides it (None: always drawn).
+    """
 
     points: np.ndarray
     rgba: tuple[float, float, float, float] = GHOST_RGBA
     width: float = _GHOST_WIDTH
+    layer: str | None = None
 
 
 @dataclass
@@ -318,6 +323,8 @@ def draw_overlay(
     executed = overlay.executed if layers.executed else -1
 
     for line in overlay.polylines:
+        if line.layer is not None and not getattr(layers, line.layer, True):
+            continue
         pts = np.asarray(line.points, dtype=np.float64).reshape(-1, 3)
         w.segments(pts[:-1], pts[1:], line.width, line.rgba)
 

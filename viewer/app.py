@@ -798,6 +798,7 @@ class ViewerApp:
                 ("ghost", "unguided ghost (w = 0, same noise)"),
                 ("gripper", "gripper command"),
                 ("off_manifold", "off-manifold marks"),
+                ("branches", "branch paths (effector, per branch)"),
             ):
                 t[f"layer_{name}"] = dpg.add_checkbox(
                     label=label, default_value=getattr(layers, name), user_data=name,

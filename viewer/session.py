@@ -48,7 +48,7 @@ from core import envs
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
 from core.models import Critic, VelocityField
 from core.recording import step_noise
-from core.render import Overlay
+from core.render import Overlay, Polyline
 from viewer.manifold_view import CandidateDistances
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
@@ -194,6 +194,7 @@ class StepRecord:
         v: V(s).
         action: ``[action_dim]`` executed env action (None until executed).
         reward, success, terminated, truncated: outcome of the step (None until executed).
+        effector: ``[3]`` end-effector position at that state (for branch paths).
     """
 
     index: int
@@ -208,6 +209,7 @@ class StepRecord:
     success: bool | None = None
     terminated: bool | None = None
     truncated: bool | None = None
+    effector: np.ndarray | None = None
 
     @property
     def q(self) -> float:
@@ -217,6 +219,95 @@ class StepRecord:
     @property
     def executed(self) -> bool:
         return self.action is not None
+
+
+# One colour per branch, by branch id (cycled), for its effector path in the scene and its
+# curves in the plots. Chosen apart from the overlay's own colours (white executed, grey
+# ghost, red off-manifold, magenta non-finite, the denoising-time ramp's blue-to-yellow).
+BRANCH_RGBA = (
+    (0.95, 0.60, 0.10, 1.0),  # orange
+    (0.20, 0.85, 0.95, 1.0),  # cyan
+    (0.95, 0.45, 0.75, 1.0),  # pink
+    (0.55, 0.95, 0.25, 1.0),  # lime
+    (0.65, 0.50, 1.00, 1.0),  # violet
+    (0.95, 0.90, 0.45, 1.0),  # sand
+)
+_BRANCH_PATH_WIDTH = 0.004
+_BRANCH_PATH_POINTS = 400  # longer paths are thinned for drawing (every k-th step)
+
+
+def branch_rgba(branch_id: int) -> tuple[float, float, float, float]:
+    return BRANCH_RGBA[branch_id % len(BRANCH_RGBA)]
+
+
+@dataclass
+class Branch:
+    """One line of play through the episode: the first one (``id`` 0) from the reset state,
+    each later one continuing from a past step of another with other settings.
+
+    A branch shares its parent's records before the fork (the same objects, not copies), so
+    a branch costs only the steps it took itself.
+
+    Attributes:
+        id: 0, 1, 2, ... in order of creation; also picks its colour (``branch_rgba``).
+        parent: id of the branch it left (None for the first).
+        fork: the step it left its parent at: ``history[:fork]`` are the parent's records.
+        history: executed records from step 0.
+        current: record of the state reached (sampled, not yet acted on).
+    """
+
+    id: int
+    parent: int | None
+    fork: int
+    history: list[StepRecord]
+    current: StepRecord
+
+    @property
+    def own(self) -> list[StepRecord]:
+        """The records this branch took itself (from the fork on), current included."""
+        return [*self.history[self.fork :], self.current]
+
+    @property
+    def settings(self) -> Settings:
+        """The settings it was started with (those of its first own record)."""
+        return self.own[0].settings
+
+    @property
+    def label(self) -> str:
+        if self.parent is None:
+            return "main"
+        s = self.settings
+        return (
+            f"#{self.id} from {self.parent} at step {self.fork}: "
+            f"{s.estimator} w={s.weight:g} seed {s.seed}" + (" best-of-N" if s.best_of else "")
+        )
+
+    def effector_path(self) -> np.ndarray:
+        """``[K, 3]`` end-effector positions of every state of the branch, in order."""
+        points = [r.effector for r in [*self.history, self.current] if r.effector is not None]
+        return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """Result of replaying a branch's recorded actions from a restored snapshot.
+
+    Attributes:
+        start, stop: the steps replayed: from the state of ``start`` through the action of
+            step ``stop - 1`` (``stop - start`` actions).
+        max_obs_error: largest absolute difference between a replayed and a recorded
+            observation (0.0 when exact).
+        mismatched: steps whose replayed observation or reward differs from the record.
+    """
+
+    start: int
+    stop: int
+    max_obs_error: float
+    mismatched: tuple[int, ...]
+
+    @property
+    def exact(self) -> bool:
+        return not self.mismatched
 
 
 @dataclass
@@ -294,8 +385,9 @@ class Session:
         self.critic: Critic | None = None
         self.config = None
         self.checkpoint_path: Path | None = None
-        self.history: list[StepRecord] = []
-        self.current: StepRecord | None = None
+        # The episode's lines of play; the active one is the one played, shown and plotted.
+        self.branches: list[Branch] = []
+        self.active = 0
         # Index into history of the step shown instead of the current one (None: live).
         self.viewing: int | None = None
         self.episode = 0
@@ -313,6 +405,25 @@ class Session:
         self.reset()
 
     # --- reads --------------------------------------------------------------------------
+    @property
+    def branch(self) -> Branch:
+        """The active branch."""
+        return self.branches[self.active]
+
+    @property
+    def history(self) -> list[StepRecord]:
+        """The active branch's executed records, from step 0."""
+        return self.branch.history
+
+    @property
+    def current(self) -> StepRecord | None:
+        """The active branch's current record (the state reached, sampled)."""
+        return self.branch.current if self.branches else None
+
+    @current.setter
+    def current(self, record: StepRecord) -> None:
+        self.branch.current = record
+
     @property
     def label(self) -> str:
         """What the policy is: the checkpoint's directory name, "random weights" or
@@ -357,14 +468,19 @@ class Session:
         """
         return self._frame
 
-    def episode_curves(self) -> dict[str, np.ndarray]:
-        """Per executed step ``[t]``: ``q``, ``v``, ``reward``, ``success`` (0/1), and ``step``."""
-        done = [r for r in self.history if r.executed]
+    def episode_curves(self, branch: int | None = None) -> dict[str, np.ndarray]:
+        """Per executed step ``[t]`` of a branch (default: the active one): ``step``, ``q``,
+        ``v``, ``reward``, ``return`` (reward summed up to and including the step) and
+        ``success`` (0/1)."""
+        b = self.branch if branch is None else self.branches[branch]
+        done = [r for r in b.history if r.executed]
+        reward = np.array([r.reward for r in done], dtype=np.float64)
         return {
             "step": np.array([r.index for r in done], dtype=np.float64),
             "q": np.array([r.q for r in done], dtype=np.float64),
             "v": np.array([r.v for r in done], dtype=np.float64),
-            "reward": np.array([r.reward for r in done], dtype=np.float64),
+            "reward": reward,
+            "return": np.cumsum(reward),
             "success": np.array([bool(r.success) for r in done], dtype=np.float64),
         }
 
@@ -387,17 +503,105 @@ class Session:
         if seed is not None:
             self.settings = replace(self.settings, seed=int(seed))
         obs, _ = envs.reset(self.env, self.settings.seed)
-        self.history = []
         self.viewing = None
         self.episode += 1
-        self.current = self._arrive(np.asarray(obs), chunk_from=None)
+        first = self._arrive(np.asarray(obs), index=0, chunk_from=None)
+        self.branches = [Branch(id=0, parent=None, fork=0, history=[], current=first)]
+        self.active = 0
         self._bump()
         return self.current
+
+    def branch_from(self, index: int | None = None, **changes) -> StepRecord:
+        """Continue from step ``index`` of the active branch (default: the step shown) in a
+        new branch, with the current settings changed by ``changes`` (e.g. ``weight=0.1``).
+
+        The env is restored to that step's exact recorded state and the step is sampled
+        afresh with the new settings; the old line of play is kept as it was. The new
+        branch becomes the active one. Returns its first record.
+        """
+        if index is None:
+            index = self.viewing if self.viewing is not None else len(self.history)
+        if not 0 <= index <= len(self.history):
+            raise ValueError(f"no step {index} to branch from: steps are 0..{len(self.history)}")
+        unknown = set(changes) - RESAMPLE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"a branch changes only {', '.join(sorted(RESAMPLE_FIELDS))}; "
+                f"not {', '.join(sorted(unknown))}"
+            )
+        settings = replace(self.settings, **changes)
+        settings.validate()
+        parent = self.branch
+        at = parent.history[index] if index < len(parent.history) else parent.current
+        envs.restore(self.env, at.snapshot)
+        old, self.settings = self.settings, settings
+        try:
+            first = self._arrive(at.obs, index=index, chunk_from=None, snap=at.snapshot)
+        except Exception:
+            self.settings = old
+            envs.restore(self.env, parent.current.snapshot)
+            raise
+        branch = Branch(
+            id=len(self.branches),
+            parent=parent.id,
+            fork=index,
+            history=parent.history[:index],
+            current=first,
+        )
+        self.branches.append(branch)
+        self.active = len(self.branches) - 1
+        self.viewing = None
+        self._bump()
+        return self.current
+
+    def switch_branch(self, branch_id: int) -> StepRecord:
+        """Make branch ``branch_id`` the active one: the env goes to its current state (exact
+        restore) and the settings become those it was last sampled with."""
+        if not 0 <= branch_id < len(self.branches):
+            raise ValueError(f"no branch {branch_id}: branches are 0..{len(self.branches) - 1}")
+        target = self.branches[branch_id]
+        envs.restore(self.env, target.current.snapshot)
+        self.active = branch_id
+        self.settings = target.current.settings
+        self.viewing = None
+        self._bump()
+        return self.current
+
+    def replay(self, branch: int | None = None, start: int = 0) -> ReplayCheck:
+        """Check that the recorded state is exact: restore the snapshot of step ``start`` of
+        a branch (default: the active one), execute the recorded actions from there, and
+        compare each observation and reward with the recorded ones. The env is put back at
+        the active branch's current state afterwards; nothing recorded changes."""
+        b = self.branch if branch is None else self.branches[branch]
+        records = [*b.history, b.current]
+        if not 0 <= start < len(records):
+            raise ValueError(f"no step {start} to replay from: steps are 0..{len(b.history)}")
+        worst, mismatched = 0.0, []
+        try:
+            envs.restore(self.env, records[start].snapshot)
+            for rec, nxt in zip(records[start:-1], records[start + 1 :], strict=True):
+                obs, reward, *_ = self.env.step(rec.action)
+                obs = np.asarray(obs)
+                if obs.shape != nxt.obs.shape:
+                    mismatched.append(rec.index)
+                    worst = float("inf")
+                    continue
+                error = float(np.max(np.abs(obs - nxt.obs), initial=0.0))
+                worst = max(worst, error)
+                if not np.array_equal(obs, nxt.obs) or float(reward) != rec.reward:
+                    mismatched.append(rec.index)
+        finally:
+            envs.restore(self.env, self.current.snapshot)
+        return ReplayCheck(start, len(records) - 1, worst, tuple(mismatched))
 
     def update(self, **changes) -> StepRecord | None:
         """Change settings. Sampling settings re-sample the current step at once (same
         noise unless the seed changed); ``env_name`` switches env and resets; ``device``
-        moves the networks."""
+        moves the networks.
+
+        While a past step is shown, sampling settings apply there: the change starts a new
+        branch from that step (``branch_from``) and the old line of play is kept.
+        """
         unknown = set(changes) - {f.name for f in fields(Settings)}
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -405,6 +609,11 @@ class Session:
         new.validate()
         if new == self.settings:
             return self.current
+        resampled = {k: v for k, v in changes.items() if k in RESAMPLE_FIELDS}
+        at_past_step = self.viewing is not None and set(changes) <= RESAMPLE_FIELDS | {"log_weight"}
+        if at_past_step and any(getattr(new, k) != getattr(self.settings, k) for k in resampled):
+            self.settings = replace(self.settings, log_weight=new.log_weight)
+            return self.branch_from(self.viewing, **resampled)
         old, self.settings = self.settings, new
         try:
             if new.env_name != old.env_name:
@@ -456,7 +665,9 @@ class Session:
         )
         self.history.append(rec)
         follow = rec.chunk_step + 1 < rec.sample.horizon
-        self.current = self._arrive(np.asarray(obs), chunk_from=rec if follow else None)
+        self.current = self._arrive(
+            np.asarray(obs), index=len(self.history), chunk_from=rec if follow else None
+        )
         self.viewing = None
         self._bump()
         return rec
@@ -518,19 +729,46 @@ class Session:
     def _bump(self) -> None:
         self.version += 1
         rec = self.viewed
+        overlay = rec.sample.overlay()
+        overlay.polylines = self.branch_paths()
         self._frame = FrameSpec(
             version=self.version,
             model=self.env.unwrapped.model,
             physics=rec.snapshot.physics,
-            overlay=rec.sample.overlay(),
+            overlay=overlay,
             record=rec,
             made_at=time.perf_counter(),
         )
 
-    def _arrive(self, obs: np.ndarray, chunk_from: StepRecord | None) -> StepRecord:
-        """A record for the state just reached: sampled, or continuing ``chunk_from``."""
-        index = len(self.history)
-        snap = envs.snapshot(self.env, observation=obs)
+    def branch_paths(self) -> list[Polyline]:
+        """The effector path of every branch in its colour, once there is more than one
+        (each from the step before its fork, so shared steps are drawn once)."""
+        if len(self.branches) < 2:
+            return []
+        lines = []
+        for b in self.branches:
+            path = b.effector_path()[max(b.fork - 1, 0) :]
+            if len(path) < 2:
+                continue
+            thin = -(-len(path) // _BRANCH_PATH_POINTS)
+            if thin > 1:
+                path = np.concatenate([path[:-1:thin], path[-1:]])
+            width = _BRANCH_PATH_WIDTH * (1.5 if b.id == self.branch.id else 1.0)
+            lines.append(Polyline(path, branch_rgba(b.id), width, layer="branches"))
+        return lines
+
+    def _arrive(
+        self,
+        obs: np.ndarray,
+        index: int,
+        chunk_from: StepRecord | None,
+        snap: envs.EnvSnapshot | None = None,
+    ) -> StepRecord:
+        """A record for the state just reached (step ``index``; ``snap`` when it is already
+        known): sampled, or continuing ``chunk_from``."""
+        if snap is None:
+            snap = envs.snapshot(self.env, observation=obs)
+        effector, _ = envs.effector_state(self.env)
         if chunk_from is not None:
             return StepRecord(
                 index=index,
@@ -540,9 +778,19 @@ class Session:
                 sample=chunk_from.sample,
                 chunk_step=chunk_from.chunk_step + 1,
                 v=self._value(obs),
+                effector=effector,
             )
         sample, v = self._sample(obs, index)
-        return StepRecord(index, snap, obs, self.settings, sample, 0, v)
+        return StepRecord(
+            index=index,
+            snapshot=snap,
+            obs=obs,
+            settings=self.settings,
+            sample=sample,
+            chunk_step=0,
+            v=v,
+            effector=effector,
+        )
 
     def _value(self, obs: np.ndarray) -> float:
         with torch.no_grad():
@@ -709,9 +957,10 @@ class Session:
         self.policy, self.critic = policy, critic
 
     def timeline_nbytes(self) -> int:
-        """Bytes of the arrays and tensors held by the episode's records (history and
-        current), each counted once (the records of a chunk share their sample)."""
-        return _nbytes([*self.history, self.current], set())
+        """Bytes of the arrays and tensors held by the episode's records (every branch's
+        history and current), each counted once (the records of a chunk share their sample,
+        branches share the records before their fork)."""
+        return _nbytes([[*b.history, b.current] for b in self.branches], set())
 
     def close(self) -> None:
         if self.env is not None:
