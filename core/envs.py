@@ -473,7 +473,25 @@ def effector_state(env) -> tuple[np.ndarray, float]:
     return pos, opening
 
 
-def action_to_ee_targets(env, actions: np.ndarray, tracking: float = 1.0) -> EETargets:
+def effector_state_at(env, snap: EnvSnapshot) -> tuple[np.ndarray, float]:
+    """``effector_state`` at a snapshot's state (e.g. a past step), leaving ``env`` as it is."""
+    import mujoco
+
+    u = env.unwrapped
+    data = mujoco.MjData(u._model)
+    mujoco.mj_setState(u._model, data, snap.physics, _spec())
+    # The env reads the effector from the derived site positions the snapshot keeps.
+    pos = snap.arrays["derived/site_xpos"][u._pinch_site_id].copy()
+    opening = float(np.clip(data.qpos[u._gripper_opening_joint_id] / 0.8, 0.0, 1.0))
+    return pos, opening
+
+
+def action_to_ee_targets(
+    env,
+    actions: np.ndarray,
+    tracking: float = 1.0,
+    start: tuple[np.ndarray, float] | None = None,
+) -> EETargets:
     """Where a chunk of actions sends the end effector, in world coordinates.
 
     Each action sets the effector target to the current effector position plus
@@ -494,6 +512,8 @@ def action_to_ee_targets(env, actions: np.ndarray, tracking: float = 1.0) -> EET
         actions: ``[H, 5]`` or ``[N, H, 5]`` normalised actions (in [-1, 1] for valid ones;
             larger ones are applied unclipped, as the env does).
         tracking: fraction of each commanded displacement the effector is taken to cover.
+        start: ``(position [3], gripper opening)`` to chain from instead of the env's current
+            effector state (e.g. ``effector_state_at`` of a past step).
 
     Returns:
         EETargets with ``xyz [H, 3]`` / ``[N, H, 3]`` and ``gripper [H]`` / ``[N, H]``.
@@ -503,7 +523,7 @@ def action_to_ee_targets(env, actions: np.ndarray, tracking: float = 1.0) -> EET
         raise ValueError(f"actions must be [H, 5] or [N, H, 5], got {actions.shape}")
     scale = action_scale(env)
     low, high = workspace_bounds(env)
-    pos0, grip0 = effector_state(env)
+    pos0, grip0 = effector_state(env) if start is None else start
     steps = actions * scale
     xyz = np.empty(actions.shape[:-1] + (3,))
     grip = np.empty(actions.shape[:-1])

@@ -13,6 +13,7 @@ from core.envs import (
     EnvSnapshot,
     action_to_ee_targets,
     effector_state,
+    effector_state_at,
     make_env,
     make_renderer,
     parse_name,
@@ -254,6 +255,28 @@ def test_action_to_ee_targets_matches_the_env() -> None:
     low, high = workspace_bounds(env)
     assert np.all(out.xyz >= low) and np.all(out.xyz <= high)
     assert np.all((out.gripper >= 0) & (out.gripper <= 1))
+
+
+@pytest.mark.slow
+def test_targets_from_a_past_state_without_going_back() -> None:
+    env = make_env("cube-single-play-singletask-task2-v0", seed=0)
+    reset(env, 0)
+    rng = np.random.default_rng(1)
+    for a in rng.uniform(-1, 1, size=(3, 5)):
+        env.step(a)
+    past = snapshot(env)
+    then = effector_state(env)
+    actions = rng.uniform(-1, 1, size=(2, 3, 5))
+    expected = action_to_ee_targets(env, actions)
+    for a in rng.uniform(-1, 1, size=(4, 5)):
+        env.step(a)
+    now = effector_state(env)
+    assert not np.allclose(now[0], then[0])
+    at = effector_state_at(env, past)
+    assert np.array_equal(at[0], then[0]) and at[1] == pytest.approx(then[1])
+    assert np.array_equal(effector_state(env)[0], now[0])  # the env was left where it was
+    got = action_to_ee_targets(env, actions, start=at)
+    assert np.allclose(got.xyz, expected.xyz) and np.allclose(got.gripper, expected.gripper)
 
 
 @pytest.mark.slow
