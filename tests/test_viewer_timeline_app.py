@@ -10,7 +10,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-
+import imageio.v3 as iio  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from viewer_window import invoke, open_app, pump, shown  # noqa: E402
@@ -78,3 +78,55 @@ def test_slider_scrubs_to_a_recorded_step_and_live_returns(app):
     assert app.frame_spec.record is session.current is current
     assert dpg.get_value(t["timeline"]) == live
     assert dpg.get_item_label(t["live"]) == "Live"
+
+
+@window
+def test_branch_from_a_past_step_is_drawn_plotted_and_switchable(app, tmp_path):
+    import dearpygui.dearpygui as dpg
+
+    from viewer.session import branch_rgba
+
+    session, t = app.session, app._tags
+    app.reset()
+    settle(app)
+    for _ in range(6):
+        app.single_step()
+        settle(app)
+    assert not dpg.is_item_shown(t["plot_branches"])  # one line of play: nothing to compare
+    invoke(t["timeline"], 3)
+    settle(app)
+    # Moving the weight while step 3 is shown branches from it.
+    invoke(t["weight_input"], 0.4)
+    settle(app)
+    assert len(session.branches) == 2 and session.branch.fork == 3
+    assert session.current.index == 3 and session.current.settings.weight == pytest.approx(0.4)
+    for _ in range(3):
+        app.single_step()
+        settle(app)
+    # The branch plot appears with a Q and a return curve per branch, as computed.
+    assert dpg.is_item_shown(t["plot_branches"])
+    assert len(app._branch_series) == 2
+    for b, (q, ret) in zip(session.branches, app._branch_series, strict=True):
+        curves = session.episode_curves(b.id)
+        assert np.allclose(dpg.get_value(q)[1], curves["q"])
+        assert np.allclose(dpg.get_value(ret)[1], curves["return"])
+    labels = dpg.get_item_configuration(t["branch"])["items"]
+    assert labels == [b.label for b in session.branches]
+    assert dpg.get_value(t["branch"]) == session.branch.label
+    # Both effector paths are in the scene in their branch colours.
+    shot = iio.imread(app.screenshot(tmp_path / "b.png"))
+    x, y = (int(v) for v in dpg.get_item_rect_min(t["image"]))
+    w, h = (int(v) for v in dpg.get_item_rect_size(t["image"]))
+    scene = shot[y : y + h, x : x + w, :3].astype(int)
+    for i in (0, 1):
+        rgb = (np.asarray(branch_rgba(i)[:3]) * 255).astype(int)
+        assert (np.abs(scene - rgb).max(axis=-1) < 40).sum() > 20, f"branch {i} not drawn"
+    # Switching back through the selector continues the first line where it was.
+    invoke(t["branch"], labels[0])
+    settle(app)
+    assert session.active == 0 and session.step_index == 6
+    assert dpg.get_value(t["branch"]) == "main"
+    # "Branch here" at the live step makes a third branch with unchanged settings.
+    invoke(t["branch_here"])
+    settle(app)
+    assert len(session.branches) == 3 and session.branch.fork == 6

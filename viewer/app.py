@@ -44,7 +44,7 @@ from core.render import (
 from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
-from viewer.session import RANDOM_LABEL, FrameSpec, Session
+from viewer.session import RANDOM_LABEL, FrameSpec, Session, branch_rgba
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
 TITLE = "qgf view"
@@ -92,6 +92,7 @@ KEYS = (
     ("D", "toggle the denoising paths"),
     ("P", "save a screenshot"),
     ("V", "start / stop recording a video of the scene"),
+    ("B", "branch: continue from the step shown (or change a setting there)"),
     ("H or F1", "this help"),
     ("Esc", "close this help"),
     ("Left drag", "orbit the camera (in the scene)"),
@@ -124,6 +125,19 @@ def _nan_joined(x: np.ndarray, ys: np.ndarray) -> list[list[float]]:
 def _rgb255(rgba) -> tuple[int, int, int, int]:
     r, g, b, a = (float(x) for x in rgba)
     return (int(255 * r), int(255 * g), int(255 * b), int(255 * max(a, 0.8)))
+
+
+def _line_theme(color, weight: float = 1.5, marker: int | None = None) -> int | str:
+    """A plot-series theme: line colour and weight, optionally a filled marker."""
+    with dpg.theme() as theme, dpg.theme_component(dpg.mvAll):
+        dpg.add_theme_color(dpg.mvPlotCol_Line, color, category=dpg.mvThemeCat_Plots)
+        dpg.add_theme_style(dpg.mvPlotStyleVar_LineWeight, weight, category=dpg.mvThemeCat_Plots)
+        if marker is not None:
+            dpg.add_theme_style(dpg.mvPlotStyleVar_Marker, marker, category=dpg.mvThemeCat_Plots)
+            dpg.add_theme_color(dpg.mvPlotCol_MarkerFill, color, category=dpg.mvThemeCat_Plots)
+            dpg.add_theme_color(dpg.mvPlotCol_MarkerOutline, color, category=dpg.mvThemeCat_Plots)
+            dpg.add_theme_style(dpg.mvPlotStyleVar_MarkerSize, 5, category=dpg.mvThemeCat_Plots)
+    return theme
 
 
 class ViewerApp:
@@ -459,6 +473,22 @@ class ViewerApp:
     def go_live(self, *_: Any) -> None:
         self.view_step(None)
 
+    def branch_here(self, *_: Any) -> None:
+        """Continue from the step shown in a new branch, with the current settings (then
+        change a setting to make it differ; the old line of play is kept)."""
+        self.worker.pause()
+        self.command("branch", lambda s: s.branch_from())
+
+    def switch_branch(self, branch_id: int) -> None:
+        self.worker.pause()
+        self.command("branch", lambda s: s.switch_branch(branch_id))
+
+    def on_branch(self, sender, value, user_data=None) -> None:
+        labels = [b.label for b in self.session.branches]
+        if value not in labels:
+            raise ValueError(f"no branch {value!r}")
+        self.switch_branch(labels.index(value))
+
     def on_speed(self, sender, value, user_data=None) -> None:
         self.worker.set_speed(float(value))
 
@@ -779,6 +809,15 @@ class ViewerApp:
                     format="step %d", callback=cb("timeline", self.on_timeline),
                 )  # fmt: skip
                 t["live"] = dpg.add_button(label="Live", callback=cb("live", self.go_live))
+            with dpg.group(horizontal=True):
+                # Changing a sampling setting at a past step also branches from it.
+                t["branch_here"] = dpg.add_button(
+                    label="Branch here", callback=cb("branch", self.branch_here)
+                )
+                t["branch"] = dpg.add_combo(
+                    ["main"], default_value="main", width=-1,
+                    callback=cb("switch branch", self.on_branch),
+                )  # fmt: skip
         with dpg.collapsing_header(label="Camera and layers", default_open=False):
             with dpg.group(horizontal=True):
                 for name in ("front", "side", "top", "follow"):
@@ -875,63 +914,51 @@ class ViewerApp:
             ):
                 t["sw_d"] = dpg.add_line_series([], [], label="distance")
                 t["sw_thr"] = dpg.add_inf_line_series([], horizontal=True, label="threshold")
+        with dpg.plot(
+            label="Branches: Q and return", height=PLOT_HEIGHT, width=300, show=False
+        ) as (t["plot_branches"]):
+            legend()
+            t["br_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
+            t["br_y"] = dpg.add_plot_axis(dpg.mvYAxis, label="Q(s,a) (thick)")
+            t["br_y2"] = dpg.add_plot_axis(dpg.mvYAxis2, label="return (thin)", opposite=True)
+        self._branch_series: list[tuple[int | str, int | str]] = []
+        self._branch_themes: dict[int, tuple[int | str, int | str]] = {}
         self._series_themes()
 
     def _series_themes(self) -> None:
-        def line_theme(color, weight=1.5, marker=None):
-            with dpg.theme() as th, dpg.theme_component(dpg.mvAll):
-                dpg.add_theme_color(dpg.mvPlotCol_Line, color, category=dpg.mvThemeCat_Plots)
-                dpg.add_theme_style(
-                    dpg.mvPlotStyleVar_LineWeight, weight, category=dpg.mvThemeCat_Plots
-                )
-                if marker is not None:
-                    dpg.add_theme_style(
-                        dpg.mvPlotStyleVar_Marker, marker, category=dpg.mvThemeCat_Plots
-                    )
-                    dpg.add_theme_color(
-                        dpg.mvPlotCol_MarkerFill, color, category=dpg.mvThemeCat_Plots
-                    )
-                    dpg.add_theme_color(
-                        dpg.mvPlotCol_MarkerOutline, color, category=dpg.mvThemeCat_Plots
-                    )
-                    dpg.add_theme_style(
-                        dpg.mvPlotStyleVar_MarkerSize, 5, category=dpg.mvThemeCat_Plots
-                    )
-            return th
-
         t = self._tags
         yellow = _rgb255(time_color(1.0))
-        self._theme_guided = line_theme((yellow[0], yellow[1], yellow[2], 150))
+        self._theme_guided = _line_theme((yellow[0], yellow[1], yellow[2], 150))
         # Drawn under the guided lines and wider, so a w = 0 curve that the guided one
         # follows still shows as a grey halo.
-        self._theme_unguided = line_theme((160, 168, 180, 130), 4.0)
-        self._theme_exec = line_theme((255, 255, 255, 255), 3.0)
-        self._theme_dims = [line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
-        self._theme_dims_ghost = [line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
+        self._theme_unguided = _line_theme((160, 168, 180, 130), 4.0)
+        self._theme_exec = _line_theme((255, 255, 255, 255), 3.0)
+        self._theme_dims = [_line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
+        self._theme_dims_ghost = [_line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
         dpg.bind_item_theme(t["q_unguided"], self._theme_unguided)
         dpg.bind_item_theme(t["q_guided"], self._theme_guided)
         dpg.bind_item_theme(t["q_exec"], self._theme_exec)
         off = _rgb255(OFF_MANIFOLD_RGBA)
-        dpg.bind_item_theme(t["q_off"], line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
-        dpg.bind_item_theme(t["sw_q"], line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["sw_d"], line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["sw_thr"], line_theme(off, 1.0))
-        dpg.bind_item_theme(t["sw_w"], line_theme((255, 255, 255, 160), 1.0))
+        dpg.bind_item_theme(t["q_off"], _line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
+        dpg.bind_item_theme(t["sw_q"], _line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["sw_d"], _line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["sw_thr"], _line_theme(off, 1.0))
+        dpg.bind_item_theme(t["sw_w"], _line_theme((255, 255, 255, 160), 1.0))
         for j in range(len(_ACTION_NAMES)):
             dpg.bind_item_theme(t[f"a_u{j}"], self._theme_dims_ghost[j])
             dpg.bind_item_theme(t[f"a_g{j}"], self._theme_dims[j])
-        dpg.bind_item_theme(t["ep_q"], line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["ep_v"], line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["ep_r"], line_theme((200, 120, 255, 255), 1.5))
+        dpg.bind_item_theme(t["ep_q"], _line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["ep_v"], _line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["ep_r"], _line_theme((200, 120, 255, 255), 1.5))
         dpg.bind_item_theme(
-            t["ep_success"], line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
+            t["ep_success"], _line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
         )
 
     def _build_help(self) -> None:
         with (
             dpg.window(
                 label="Keyboard and mouse (H or F1)", modal=False, show=False, no_collapse=True,
-                width=430, height=370, pos=(self.width // 2 - 215, 120),
+                width=430, height=395, pos=(self.width // 2 - 215, 120),
             ) as self._tags["help"],
             dpg.table(header_row=False, borders_innerH=True),
         ):  # fmt: skip
@@ -973,6 +1000,7 @@ class ViewerApp:
             ("d", dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
             ("p", dpg.mvKey_P, lambda: self.screenshot()),
             ("v", dpg.mvKey_V, self.toggle_recording),
+            ("b", dpg.mvKey_B, self.branch_here),
         )
         with dpg.handler_registry():
             for name, key, action in keys:
@@ -1007,8 +1035,12 @@ class ViewerApp:
         th, tw = self._buffer.shape[:2]
         scale = min(aw / tw, ah / th)
         dpg.configure_item(t["image"], width=int(tw * scale), height=int(th * scale))
-        pw = (vw - 44) // 4
-        for name in ("plot_episode", "plot_q", "plot_a", "plot_sweep"):
+        plots = ("plot_episode", "plot_q", "plot_a", "plot_sweep")
+        # The branch plot shows once there is more than one line of play to compare.
+        if len(self.session.branches) > 1:
+            plots += ("plot_branches",)
+        pw = (vw - 20 - 6 * len(plots)) // len(plots)
+        for name in plots:
             dpg.configure_item(t[name], width=pw, height=PLOT_HEIGHT)
         if self._fit and (aw, ah) != (self._scene_w, self._scene_h):
             self._scene_w, self._scene_h = aw, ah
@@ -1129,6 +1161,45 @@ class ViewerApp:
             dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
         self._plot_denoising(rec.sample, rec.chunk_step)
         dpg.set_value(t["sw_w"], [[float(max(s.weight, 1e-4))]])
+        self._plot_branches()
+
+    def _plot_branches(self) -> None:
+        """One Q curve (thick, left axis) and one return curve (thin, right axis) per branch,
+        in the branch's colour; the branch selector lists them all."""
+        t = self._tags
+        session = self.session
+        branches = list(session.branches)
+        shown = dpg.is_item_shown(t["plot_branches"])
+        if shown != (len(branches) > 1):
+            dpg.configure_item(t["plot_branches"], show=len(branches) > 1)
+            self._layout()
+        labels = [b.label for b in branches]
+        dpg.configure_item(t["branch"], items=labels)
+        dpg.set_value(t["branch"], session.branch.label)
+        while len(self._branch_series) > len(branches):
+            for item in self._branch_series.pop():
+                dpg.delete_item(item)
+        while len(self._branch_series) < len(branches):
+            i = len(self._branch_series)
+            name = "main" if i == 0 else f"#{i}"
+            if i not in self._branch_themes:
+                color = _rgb255(branch_rgba(i))
+                self._branch_themes[i] = (
+                    _line_theme(color, 2.5),
+                    _line_theme((*color[:3], 170), 1.0),
+                )
+            q = dpg.add_line_series([], [], label=f"{name} Q", parent=t["br_y"])
+            ret = dpg.add_line_series([], [], label=f"{name} return", parent=t["br_y2"])
+            dpg.bind_item_theme(q, self._branch_themes[i][0])
+            dpg.bind_item_theme(ret, self._branch_themes[i][1])
+            self._branch_series.append((q, ret))
+        for b, (q, ret) in zip(branches, self._branch_series, strict=True):
+            curves = session.episode_curves(b.id)
+            x = curves["step"].tolist()
+            dpg.set_value(q, [x, curves["q"].tolist()])
+            dpg.set_value(ret, [x, curves["return"].tolist()])
+        for axis in ("br_x", "br_y", "br_y2"):
+            dpg.fit_axis_data(t[axis])
 
     def _request_sweep(self) -> None:
         """Ask the worker for a sweep preview when the step, estimator, T, N or seed changed

@@ -222,15 +222,16 @@ class StepRecord:
 
 
 # One colour per branch, by branch id (cycled), for its effector path in the scene and its
-# curves in the plots. Chosen apart from the overlay's own colours (white executed, grey
-# ghost, red off-manifold, magenta non-finite, the denoising-time ramp's blue-to-yellow).
+# curves in the plots. Chosen apart from the overlay's own colours: white executed, grey
+# ghost, red off-manifold, magenta non-finite, and the denoising-time ramp, which runs
+# through dark blue, purple, pink and orange to yellow.
 BRANCH_RGBA = (
-    (0.95, 0.60, 0.10, 1.0),  # orange
-    (0.20, 0.85, 0.95, 1.0),  # cyan
-    (0.95, 0.45, 0.75, 1.0),  # pink
-    (0.55, 0.95, 0.25, 1.0),  # lime
-    (0.65, 0.50, 1.00, 1.0),  # violet
-    (0.95, 0.90, 0.45, 1.0),  # sand
+    (0.20, 0.90, 0.95, 1.0),  # cyan
+    (0.20, 1.00, 0.55, 1.0),  # spring green
+    (0.50, 0.65, 1.00, 1.0),  # cornflower
+    (0.65, 0.45, 0.25, 1.0),  # brown
+    (0.25, 0.70, 0.55, 1.0),  # teal
+    (0.70, 0.70, 0.30, 1.0),  # olive
 )
 _BRANCH_PATH_WIDTH = 0.004
 _BRANCH_PATH_POINTS = 400  # longer paths are thinned for drawing (every k-th step)
