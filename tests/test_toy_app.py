@@ -4,6 +4,7 @@ Xvfb driven through its own callbacks (viewer/toy_app.py)."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -211,8 +212,29 @@ def test_a_failing_computation_is_reported_once_and_the_session_recovers(monkeyp
 # ---------------------------------------------------------------- the window
 
 
+# The window runs in a child pytest process of its own (tests/xvfb.py says why): a Dear
+# PyGui window leaves GL state behind that breaks the MuJoCo EGL contexts and windows of the
+# tests after it.
+CHILD_FLAG = "QGF_TOY_WINDOW_TEST"
+IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
+
+
 @pytest.mark.gui
 @pytest.mark.slow
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_window_in_its_own_process():
+    from xvfb import in_child_process
+
+    in_child_process(
+        f"{__file__}::{test_window_runs_survives_errors_and_saves_a_screenshot.__name__}",
+        CHILD_FLAG,
+        1,
+    )
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+@pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_window_in_its_own_process)")
 def test_window_runs_survives_errors_and_saves_a_screenshot(tmp_path):
     from xvfb import require_display
 
