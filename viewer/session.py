@@ -23,6 +23,12 @@ sampled and the env is not stepped. ``viewed`` is the record to show, ``viewing`
 (None when live); ``live()``, ``view_step`` of the current step or any command that changes
 the current state (step, reset, resample) returns to live.
 
+Branches: ``branch_from(i, **changes)`` continues from step i's exact recorded state with
+other settings in a new ``Branch`` (changing a sampling setting while step i is shown does
+the same); every branch is kept, shares the records before its fork with its parent, and
+``switch_branch`` returns to any of them where it was. ``replay`` re-executes a branch's
+recorded actions from a restored snapshot and compares observations bit for bit.
+
 Memory (``timeline_nbytes``, measured over 100 steps with default settings: cube-single,
 T=10, N=8, H=1): about 19 KB of arrays per step, so a 1,000-step episode costs about 19 MB.
 Per step: the sample (guided and unguided traces, effector paths, Q) 12.8 KB, the exact
