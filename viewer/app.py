@@ -41,6 +41,7 @@ from core.render import (
     RenderSettings,
     time_color,
 )
+from viewer.compare_view import CompareView
 from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
@@ -93,6 +94,7 @@ KEYS = (
     ("P", "save a screenshot"),
     ("V", "start / stop recording a video of the scene"),
     ("B", "branch: continue from the step shown (or change a setting there)"),
+    ("C", "compare every estimator at the step shown"),
     ("H or F1", "this help"),
     ("Esc", "close this help"),
     ("Left drag", "orbit the camera (in the scene)"),
@@ -168,8 +170,12 @@ class ViewerApp:
         self._fit = render is None
         self._scene_w, self._scene_h = self._scene_area()
         self.worker = Worker(session, on_error=self._worker_error)
+        # Estimators side by side: a controls panel, a window, and paths added to the frames.
+        self.compare = CompareView(self)
+        self.panels.append(self.compare.build)
+        self.on_tick.append(self.compare.tick)
         self.frames = FrameStream(
-            session.frame,
+            self.compare.frame,
             render,
             on_error=self._pending_errors.append,
             size=(self._scene_w, self._scene_h),
@@ -407,6 +413,20 @@ class ViewerApp:
         name = str(value)
         self.command("sample", lambda s: s.update(estimator=name))
         dpg.set_value(self._tags["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
+
+    def select_estimator(self, name: str, best_of: bool, **settings: Any) -> None:
+        """Make ``name`` (with best-of-N on or off) the acting estimator, with other sampling
+        ``settings`` (weight, steps, candidates, seed) changed in the same command."""
+        self.command("sample", lambda s: s.update(estimator=name, best_of=best_of, **settings))
+        t = self._tags
+        dpg.set_value(t["estimator"], name)
+        dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
+        dpg.set_value(t["best_of"], best_of)
+        if "weight" in settings:
+            self._show_weight(float(settings["weight"]))
+        for key in ("steps", "candidates", "seed"):
+            if key in settings:
+                dpg.set_value(t[key], settings[key])
 
     def on_steps(self, sender, value, user_data=None) -> None:
         steps = int(value)
@@ -1001,6 +1021,7 @@ class ViewerApp:
             ("p", dpg.mvKey_P, lambda: self.screenshot()),
             ("v", dpg.mvKey_V, self.toggle_recording),
             ("b", dpg.mvKey_B, self.branch_here),
+            ("c", dpg.mvKey_C, self.compare.request),
         )
         with dpg.handler_registry():
             for name, key, action in keys:
