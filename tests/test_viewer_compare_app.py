@@ -111,6 +111,7 @@ def test_the_table_and_plot_show_the_computed_values(app):
         assert float(shown_cells["MFLOP"]) == pytest.approx(row.flops_per_action / 1e6, abs=6e-3)
         if row.distance is not None:
             assert float(shown_cells["dist"]) == pytest.approx(row.distance_executed, abs=6e-4)
+            assert float(shown_cells["d mean"]) == pytest.approx(row.distance_mean, abs=6e-4)
     # The acting estimator (qgf, best-of-N off) is marked; every other row offers "use".
     assert dpg.get_value(view.cell_tags["qgf"]["mark"]) == "\u25b6"
     labels = {lb: dpg.get_item_label(tag) for lb, tag in view.use_tags.items()}

@@ -67,8 +67,10 @@ _RAY_WIDTH = 0.0012
 _CANDIDATE_ALPHA = 0.55
 # The window: table on the left, plot on the right.
 WINDOW_HEIGHT = 238
-_TABLE_WIDTH = 560
-_COLUMNS = ("", "estimator", "Q exec", "Q mean", "dist", "off", "cos", "ms/act", "MFLOP", "")
+_TABLE_WIDTH = 610
+_COLUMNS = (
+    "", "estimator", "Q exec", "Q mean", "dist", "d mean", "off", "cos", "ms/act", "MFLOP", "",
+)  # fmt: skip
 _NA = "-"
 
 
@@ -90,6 +92,7 @@ def cells(row: CompareRow) -> dict[str, str]:
         "Q exec": num(row.q_executed, ".3f"),
         "Q mean": num(row.q_mean, ".3f"),
         "dist": num(row.distance_executed, ".3f"),
+        "d mean": num(row.distance_mean, ".3f"),
         "off": num(100.0 * row.off_fraction, ".0f") + ("%" if row.off_manifold is not None else ""),
         "cos": num(row.sensitivity, ".4f"),
         "ms/act": num(row.ms_per_action, ".1f"),
@@ -373,7 +376,7 @@ class CompareView:
                     label="Compare at this step (C)", callback=cb("compare", self.request)
                 )
                 t["show_window"] = dpg.add_button(
-                    label="Table", callback=cb("compare table", lambda *_: self._show_window())
+                    label="Table", callback=cb("compare table", lambda *_: self.toggle_window())
                 )
             with dpg.group(horizontal=True):
                 t["paths"] = dpg.add_checkbox(
@@ -452,6 +455,14 @@ class CompareView:
             dpg.configure_item(window, width=max(600, vw - 16), height=WINDOW_HEIGHT, pos=(8, y))
         dpg.show_item(window)
 
+    def toggle_window(self) -> None:
+        import dearpygui.dearpygui as dpg
+
+        if dpg.is_item_shown(self.tags["window"]):
+            dpg.hide_item(self.tags["window"])
+        else:
+            self._show_window()
+
     def tick(self, app: ViewerApp) -> None:
         """Every GUI frame: show a new result, clear a stale one, keep the status current."""
         import dearpygui.dearpygui as dpg
@@ -513,10 +524,9 @@ class CompareView:
         threshold = f"{c.threshold:.3f}" if math.isfinite(c.threshold) else "n/a"
         dpg.set_value(
             t["info"],
-            f"step {result.index}, one noise for all rows: w = {s.weight:g}, T = {s.steps}, "
-            f"N = {s.candidates}, seed {s.seed}.  dist: executed action to the data, off: "
-            f"share of N over {threshold}.  cos: G(a_t) vs G(a_t + {c.eps:g} xi).  "
-            f"{result.seconds:.1f} s",
+            f"step {result.index}, same noise for every row: w = {s.weight:g}, T = {s.steps}, "
+            f"N = {s.candidates}, seed {s.seed}.  off: share of the N farther from the data "
+            f"than {threshold}.  cos: G(a_t) vs G(a_t + {c.eps:g} xi).  {result.seconds:.1f} s",
         )
         self.note = f"step {result.index}: {len(c.rows)} rows in {result.seconds:.1f} s"
         dpg.delete_item(t["table"], children_only=True, slot=1)
