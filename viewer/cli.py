@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 HELP = "open the viewer on a checkpoint (default: the shipped default checkpoint)"
+# Options that choose what --open restores from the file.
+_NOT_WITH_OPEN = ("env", "weight", "estimator", "candidates", "random_weights", "toy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--toy", action="store_true", help="the paper's 1-D and 2-D toy examples (no robot)"
     )
+    parser.add_argument(
+        "--open",
+        metavar="FILE",
+        help="open a saved timeline (every branch, step and setting, and its networks) as it "
+        "was saved; the window's 'Save timeline' button writes one",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +66,28 @@ def run(args: argparse.Namespace) -> int:
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             print(f"qgf view: cannot write a screenshot into {parent}", file=sys.stderr)
             return 2
+    timeline = None
+    if args.open:
+        # Read and checked before any window opens, so a bad file fails at once.
+        clash = [f"--{n.replace('_', '-')}" for n in _NOT_WITH_OPEN if getattr(args, n)]
+        if args.checkpoint:
+            clash.insert(0, "a checkpoint")
+        if clash:
+            print(
+                f"qgf view: --open restores the file's checkpoint, task and settings; "
+                f"drop {', '.join(clash)}",
+                file=sys.stderr,
+            )
+            return 2
+        from viewer.timeline_file import TimelineError, read_timeline
+
+        try:
+            timeline = read_timeline(args.open, device=args.device)
+        except (OSError, TimelineError) as e:
+            print(f"qgf view: cannot open the timeline: {e}", file=sys.stderr)
+            return 2
+        for note in timeline.notes:
+            print(f"qgf view: note: {note}", file=sys.stderr)
     if not os.environ.get("DISPLAY"):
         if args.frames is None:
             print(
@@ -83,6 +113,23 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     from viewer.session import Session, Settings, default_checkpoint
 
+    if timeline is not None:
+        # A light session on the timeline's env; the app's worker then installs the timeline
+        # after the app's own start-up commands, so nothing re-samples its current step.
+        s = timeline.settings
+        session = Session(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
+        from viewer.app import ViewerApp
+
+        app = ViewerApp(session, width=args.width, height=args.height)
+        app.open_timeline(timeline)
+        if not app.worker.wait_idle(120.0) or session.branches is not timeline.branches:
+            why = "; ".join(e.message for e in app.worker.errors) or "timed out"
+            app.close()
+            print(f"qgf view: cannot open the timeline: {why}", file=sys.stderr)
+            return 2
+        if args.play:
+            app.worker.play()
+        return app.run(frames=args.frames, screenshot=args.screenshot)
     settings = Settings(device=args.device, seed=args.seed)
     for name in ("weight", "estimator", "candidates"):
         value = getattr(args, name)

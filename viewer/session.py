@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mujoco
 import numpy as np
@@ -56,6 +57,9 @@ from core.models import Critic, VelocityField
 from core.recording import step_noise
 from core.render import Overlay, Polyline
 from viewer.manifold_view import CandidateDistances
+
+if TYPE_CHECKING:
+    from viewer.timeline_file import Timeline
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -731,6 +735,77 @@ class Session:
         """Drop the checkpoint: random networks for the current env (clearly labelled)."""
         self._random(self.settings.env_name)
         return self.reset()
+
+    def save_timeline(self, path: str | Path) -> Path:
+        """Write the whole timeline (every branch, record and trace, the settings, the
+        checkpoint's identity and the networks' weights) to one file; see
+        ``viewer.timeline_file``. Returns the path."""
+        from viewer.timeline_file import save_timeline
+
+        return save_timeline(self, path)
+
+    def open_timeline(self, source: str | Path | Timeline, device: str | None = None) -> Timeline:
+        """Replace the episode, networks and settings with a saved timeline, as they were
+        saved: every branch (shared records still shared), the active branch, the step shown,
+        the episode counter, and the env, made by name, in the active branch's current state,
+        so play continues as it would have. On error nothing changes.
+
+        Returns the timeline read; its ``notes`` say what differs from where it was saved
+        (e.g. the checkpoint is missing here or has other files: its embedded weights are
+        used either way).
+        """
+        from viewer.timeline_file import Timeline, installed_label, read_timeline
+
+        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+        snap = timeline.branches[timeline.active].current.snapshot
+        policy = timeline.policy
+        # An env of the same id (same task) takes the snapshot as a new one would.
+        same = (
+            self.env is not None and self.env.spec is not None and self.env.spec.id == snap.env_id
+        )
+        env = (
+            self.env
+            if same
+            else envs.make_env(timeline.settings.env_name, seed=timeline.settings.seed)
+        )
+        try:
+            dims = self._env_dims(env)
+            if (policy.obs_dim, policy.env_action_dim) != dims:
+                raise ValueError(
+                    f"the timeline's networks take obs/action dims ({policy.obs_dim}, "
+                    f"{policy.env_action_dim}); {timeline.settings.env_name} has {dims}"
+                )
+            envs.restore(env, snap)
+        except Exception:
+            if same and self.current is not None:
+                envs.restore(env, self.current.snapshot)
+            else:
+                env.close()
+            raise
+        if not same and self.env is not None:
+            self.env.close()
+        self.env = env
+        self.settings = timeline.settings
+        self.config, self.checkpoint_path = timeline.config, timeline.checkpoint_path
+        self._install(policy, timeline.critic)
+        self._label = installed_label(timeline)
+        self.branches = timeline.branches
+        self.active, self.viewing = timeline.active, timeline.viewing
+        self.episode, self.steps_taken = timeline.episode, timeline.steps_taken
+        self._bump()
+        return timeline
+
+    @classmethod
+    def from_timeline(cls, source: str | Path | Timeline, device: str | None = None) -> Session:
+        """A new session on a saved timeline (``open_timeline``; notes are dropped: read the
+        file with ``viewer.timeline_file.read_timeline`` first to show them)."""
+        from viewer.timeline_file import Timeline, read_timeline
+
+        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+        s = timeline.settings
+        session = cls(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
+        session.open_timeline(timeline)
+        return session
 
     # --- internals ----------------------------------------------------------------------
     def _bump(self) -> None:
