@@ -46,6 +46,8 @@ from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
 from viewer.session import RANDOM_LABEL, FrameSpec, Session, branch_rgba
+from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline
+from viewer.timeline_file import default_path as timeline_path
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
 TITLE = "qgf view"
@@ -184,6 +186,7 @@ class ViewerApp:
         # The record button: the scene's rendered frames, hooked only while recording.
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         self._saved: tuple[Path, float] | None = None  # last recording, when it was saved
+        self._resync = False  # a timeline was opened: set the controls from its settings
         # Distance to the data: the hook runs on the worker with every sample, and the
         # manifold is built there on a checkpoint's first sample, never on the GUI thread.
         self.manifold = ManifoldAnalysis()
@@ -568,6 +571,39 @@ class ViewerApp:
         self.report(f"recording to {path}")
         return None
 
+    def save_timeline(self, path: str | os.PathLike | None = None) -> Path:
+        """Save the whole timeline (branches, traces, settings, networks) to one file,
+        ``timelines/<env>-<time>.timeline.safetensors`` by default. Written on the worker,
+        between two steps; the status bar shows the path once it is written."""
+        path = Path(path or timeline_path(self.session.settings.env_name)).resolve()
+
+        def save(session: Session) -> None:
+            session.save_timeline(path)
+            self._saved = (path, time.monotonic())
+
+        self.command("save timeline", save)
+        self.report(f"saving the timeline to {path} ...")
+        return path
+
+    def open_timeline(self, source: str | os.PathLike | Timeline) -> None:
+        """Open a saved timeline in place of the episode: read and checked here (a bad file
+        is reported at once), installed on the worker. What differs from where it was saved
+        (e.g. the checkpoint is missing or has other weights) is shown in the status bar."""
+        if isinstance(source, Timeline):
+            timeline = source
+        else:
+            timeline = read_timeline(source, device=self.session.settings.device)
+        self.worker.pause()
+
+        def install(session: Session) -> None:
+            session.open_timeline(timeline)
+            self._resync = True
+
+        self.command("checkpoint", install)
+        self.report(f"opening {timeline.path} ...")
+        if timeline.notes:
+            self.report("note: " + "; ".join(timeline.notes))
+
     def _finish_recording(self) -> None:
         if not self.recorder.is_recording:
             return
@@ -815,6 +851,15 @@ class ViewerApp:
                 t["record_format"] = dpg.add_combo(("mp4", "gif"), default_value="mp4", width=60)
                 t["record_caption"] = dpg.add_checkbox(label="caption", default_value=True)
             with dpg.group(horizontal=True):
+                t["save_timeline"] = dpg.add_button(
+                    label="Save timeline",
+                    callback=cb("save timeline", lambda *_: self.save_timeline()),
+                )
+                dpg.add_button(
+                    label="Open timeline...",
+                    callback=cb("open dialog", lambda *_: dpg.show_item(t["timeline_dialog"])),
+                )
+            with dpg.group(horizontal=True):
                 t["speed"] = dpg.add_slider_float(
                     label="steps/s", min_value=1, max_value=60, default_value=REAL_TIME_STEPS,
                     width=170, format="%.0f", callback=cb("speed", self.on_speed),
@@ -1002,6 +1047,20 @@ class ViewerApp:
             callback=self.callback("open checkpoint", chosen),
         )  # fmt: skip
 
+        def chosen_timeline(sender, app_data, user_data=None) -> None:
+            path = app_data.get("file_path_name")
+            if path:
+                self.open_timeline(path)
+
+        folder = Path.cwd() / TIMELINE_DIR
+        self._tags["timeline_dialog"] = dpg.add_file_dialog(
+            show=False, width=640, height=420,
+            default_path=str(folder if folder.is_dir() else Path.cwd()),
+            callback=self.callback("open timeline", chosen_timeline),
+        )  # fmt: skip
+        dpg.add_file_extension(".safetensors", parent=self._tags["timeline_dialog"])
+        dpg.add_file_extension(".*", parent=self._tags["timeline_dialog"])
+
     def _build_handlers(self) -> None:
         keys = (
             ("space", dpg.mvKey_Spacebar, self.play_pause),
@@ -1122,7 +1181,9 @@ class ViewerApp:
         if self.sweep is not self._sweep_shown:
             self._plot_sweep()
         # After a switch (or a refused one) the controls show what the session really has.
-        if dpg.get_value(t["env"]) != session.settings.env_name and not self.worker.busy:
+        resync = self._resync or dpg.get_value(t["env"]) != session.settings.env_name
+        if resync and not self.worker.busy:
+            self._resync = False
             self._sync_controls()
         playing = self.worker.playing
         dpg.configure_item(t["play"], label="Pause" if playing else "Play")
