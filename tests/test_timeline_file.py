@@ -15,7 +15,7 @@ import pickle  # noqa: E402
 import shutil  # noqa: E402
 import struct  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, fields  # noqa: E402
+from dataclasses import dataclass, fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -316,6 +316,23 @@ def test_networks_it_cannot_rebuild_are_refused(tmp_path):
         s.close()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_timeline_saved_on_a_gpu_opens_on_the_cpu_here(tmp_path):
+    s = Session(settings=BASE)
+    try:
+        play(s, 2)
+        # As if saved on a GPU machine: only the settings say where the networks were.
+        s.settings = replace(s.settings, device="cuda:0")
+        path = s.save_timeline(tmp_path / f"g{SUFFIX}")
+    finally:
+        s.close()
+    t = read_timeline(path)
+    assert t.notes == ["saved with the networks on cuda:0, opened on cpu"]
+    assert t.settings.device == "cpu"
+    assert {r.settings.device for b in t.branches for r in [*b.history, b.current]} == {"cpu"}
+    assert next(t.policy.parameters()).device.type == "cpu"
+
+
 # -------------------------------------------------------------------- checkpoint identity
 
 
@@ -414,6 +431,10 @@ def test_files_that_are_not_timelines_are_refused(checkpoint, tmp_path):
     other = tmp_path / "other.safetensors"
     save_file({"x": np.zeros(3)}, str(other), metadata={"format": "something-else"})
     with pytest.raises(TimelineError, match="format 'something-else', expected 'qgf-timeline'"):
+        read_timeline(other)
+    head = json.dumps({"__metadata__": {"format": FORMAT, "version": "1"}, "0": {"dtype": "F32"}})
+    other.write_bytes(struct.pack("<Q", len(head)) + head.encode())
+    with pytest.raises(TimelineError, match="a tensor entry of its header is malformed"):
         read_timeline(other)
 
 

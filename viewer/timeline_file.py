@@ -529,12 +529,19 @@ def _header(data: bytes, name: str) -> dict[str, Any]:
         raise TimelineError(
             f"{name}: timeline format version {version} is not one this qgf reads ({VERSION})"
         )
-    ends = [
-        v["data_offsets"][1]
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
-    ]
-    need = 8 + n + max(ends, default=0)
+    try:
+        need = (
+            8
+            + n
+            + max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise TimelineError(
+            f"{name} is damaged: a tensor entry of its header is malformed ({e!r})"
+        ) from e
     if size < need:
         raise TimelineError(f"{name} is truncated: {size} bytes, its header describes {need}")
     if size > need:
@@ -545,8 +552,11 @@ def _header(data: bytes, name: str) -> dict[str, Any]:
 class _Reader:
     """Rebuilds the objects of a document; shared objects come out shared."""
 
-    def __init__(self, doc: dict[str, Any], tensors: dict[str, np.ndarray], device: str) -> None:
+    def __init__(
+        self, doc: dict[str, Any], tensors: dict[str, np.ndarray], device: str, moved: bool
+    ) -> None:
         self.doc, self.tensors, self.device = doc, tensors, device
+        self.moved = moved  # opened on another device than the session's when saved
         self._used: set[str] = set()
         self._built: dict[str, dict[int, Any]] = {}
 
@@ -578,7 +588,11 @@ class _Reader:
         return built[i]
 
     def settings(self, i: int) -> Settings:
-        return self._get("settings", i, lambda d: replace(Settings(**d), device=self.device))
+        def build(d: dict[str, Any]) -> Settings:
+            # The device is where the networks are now, for every record alike.
+            return replace(Settings(**d), device=self.device) if self.moved else Settings(**d)
+
+        return self._get("settings", i, build)
 
     def snapshot(self, i: int) -> EnvSnapshot:
         def build(d: dict[str, Any]) -> EnvSnapshot:
@@ -761,7 +775,7 @@ def read_timeline(
         return _timeline(json.loads(document), tensors, path, device, Path(checkpoint_root))
     except TimelineError as e:
         raise TimelineError(f"{path}: {e}") from e
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, CheckpointError) as e:
         raise TimelineError(f"{path}: malformed timeline document ({type(e).__name__}: {e})") from e
 
 
@@ -775,7 +789,8 @@ def _timeline(
     notes: list[str] = []
     s = doc["session"]
     saved = doc["settings"][s["settings"]]["device"]
-    reader = _Reader(doc, tensors, _pick_device(saved, device, notes))
+    opened_on = _pick_device(saved, device, notes)
+    reader = _Reader(doc, tensors, opened_on, moved=opened_on != saved)
     settings = reader.settings(s["settings"])
     branches = reader.branches()
     active, viewing = s["active"], s["viewing"]
