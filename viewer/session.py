@@ -29,6 +29,11 @@ the same); every branch is kept, shares the records before its fork with its par
 ``switch_branch`` returns to any of them where it was. ``replay`` re-executes a branch's
 recorded actions from a restored snapshot and compares observations bit for bit.
 
+Save and open: ``save_timeline(path)`` writes all of it (every branch, record and trace, the
+settings, the checkpoint's identity and the networks' weights) to one file, and
+``open_timeline`` / ``Session.from_timeline`` restore it exactly (``viewer.timeline_file``,
+``docs/TIMELINE_FORMAT.md``).
+
 Memory (``timeline_nbytes``, measured over 100 steps with default settings: cube-single,
 T=10, N=8, H=1): about 19 KB of arrays per step, so a 1,000-step episode costs about 19 MB.
 Per step: the sample (guided and unguided traces, effector paths, Q) 12.8 KB, the exact
