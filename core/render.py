@@ -205,6 +205,21 @@ class Overlay:
         return self.denoise.shape[0]
 
 
+# Overlay geoms are drawn with emission 1 and the scene's lights on top, which brightens a
+# colour up to about 2.2x where lit, clipped per channel: a saturated colour changes hue
+# (orange 1, 0.52, 0.10 came out yellow 255, 255, 56; cyan and green both went pale cyan).
+# Drawn at this fraction of its value, a colour keeps its hue, lit between about 0.45x and
+# 1x. The candidate colours predate this and rely on the brightening (white, yellow).
+SCENE_GAIN = 0.45
+
+
+def scene_rgba(rgba, alpha: float | None = None) -> tuple[float, float, float, float]:
+    """The colour to give an overlay geom so that it shows as ``rgba`` in the scene (the
+    same colour a plot or table shows for it)."""
+    r, g, b, a = (float(c) for c in rgba)
+    return (SCENE_GAIN * r, SCENE_GAIN * g, SCENE_GAIN * b, a if alpha is None else alpha)
+
+
 class _GeomWriter:
     """Appends flat-coloured decor geoms to an ``MjvScene`` until ``maxgeom`` is reached.
 
@@ -227,8 +242,8 @@ class _GeomWriter:
         return fit
 
     def _finish(self, geom: mujoco.MjvGeom) -> None:
-        # Flat, unlit colour: overlays read the same from every angle and in every light,
-        # and a screenshot test can find them by colour.
+        # Emissive, so overlays stay bright from every angle; the scene's lights still add on
+        # top (MuJoCo has no unlit geoms), which is why ``scene_rgba`` exists.
         geom.emission = 1.0
         geom.specular = 0.0
         geom.castshadow = 0

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from core import envs  # noqa: E402
 from core.models import Critic, VelocityField  # noqa: E402
-from core.render import OverlayLayers, draw_overlay  # noqa: E402
+from core.render import OverlayLayers, draw_overlay, scene_rgba  # noqa: E402
 from viewer.session import BRANCH_RGBA, Session, Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -146,7 +146,7 @@ def test_branch_curves_and_paths(session):
 
     lines = session.frame().overlay.polylines
     assert len(lines) == 2 and {ln.layer for ln in lines} == {"branches"}
-    assert [ln.rgba for ln in lines] == list(BRANCH_RGBA[:2])
+    assert [ln.rgba for ln in lines] == [scene_rgba(c) for c in BRANCH_RGBA[:2]]
     # Each branch's path runs from the step before its fork to its current state.
     assert len(lines[0].points) == 7 and len(lines[1].points) == 6
     assert np.array_equal(lines[1].points[0], session.branch.history[2].effector)

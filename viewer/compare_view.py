@@ -34,7 +34,7 @@ import torch
 from core import envs
 from core.compare import CompareRow, Comparison, compare_estimators
 from core.recording import step_noise
-from core.render import Overlay, Polyline
+from core.render import Overlay, Polyline, scene_rgba
 
 if TYPE_CHECKING:
     from core.manifold import DataManifold
@@ -56,11 +56,6 @@ ROW_RGBA = (
     (0.60, 1.00, 0.78, 1.0),  # mint
 )
 BEST_OF_RGBA = (1.00, 0.42, 0.68, 1.0)  # pink
-# Overlay geoms are drawn with emission 1 and the scene's light on top, which brightens a
-# colour about 2.2x where lit (seen: orange 1, 0.52, 0.10 came out yellow 255, 255, 56, and
-# cyan and green went pale). Drawn at this fraction of its value, a row's colour keeps its
-# hue in the scene, lit between about 0.45x and 1x: the colour of its table row and curve.
-SCENE_GAIN = 0.45
 _EXECUTED_WIDTH = 0.0045
 _CANDIDATE_WIDTH = 0.0018
 _RAY_WIDTH = 0.0012
@@ -210,12 +205,6 @@ def compare_step(
         paths=paths,
         seconds=time.perf_counter() - t0,
     )
-
-
-def scene_rgba(rgba, alpha: float | None = None) -> tuple[float, float, float, float]:
-    """The colour to give an overlay geom so that it shows as ``rgba`` (``SCENE_GAIN``)."""
-    r, g, b, a = (float(c) for c in rgba)
-    return (SCENE_GAIN * r, SCENE_GAIN * g, SCENE_GAIN * b, a if alpha is None else alpha)
 
 
 def compare_polylines(

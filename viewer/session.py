@@ -60,7 +60,7 @@ from core import envs
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
 from core.models import Critic, VelocityField
 from core.recording import step_noise
-from core.render import Overlay, Polyline
+from core.render import Overlay, Polyline, scene_rgba
 from viewer.manifold_view import CandidateDistances
 
 if TYPE_CHECKING:
@@ -237,12 +237,13 @@ class StepRecord:
 
 
 # One colour per branch, by branch id (cycled), for its effector path in the scene and its
-# curves in the plots. Chosen apart from the overlay's own colours: white executed, grey
+# curves in the plots (drawn in the scene through ``core.render.scene_rgba``, so both show
+# the same hue). Chosen apart from the overlay's own colours: white executed, grey
 # ghost, red off-manifold, magenta non-finite, and the denoising-time ramp, which runs
 # through dark blue, purple, pink and orange to yellow.
 BRANCH_RGBA = (
     (0.20, 0.90, 0.95, 1.0),  # cyan
-    (0.20, 1.00, 0.55, 1.0),  # spring green
+    (0.30, 0.95, 0.30, 1.0),  # green
     (0.50, 0.65, 1.00, 1.0),  # cornflower
     (0.65, 0.45, 0.25, 1.0),  # brown
     (0.25, 0.70, 0.55, 1.0),  # teal
@@ -841,7 +842,8 @@ class Session:
             if thin > 1:
                 path = np.concatenate([path[:-1:thin], path[-1:]])
             width = _BRANCH_PATH_WIDTH * (1.5 if b.id == self.branch.id else 1.0)
-            lines.append(Polyline(path, branch_rgba(b.id), width, layer="branches"))
+            rgba = scene_rgba(branch_rgba(b.id))
+            lines.append(Polyline(path, rgba, width, layer="branches"))
         return lines
 
     def _arrive(
