@@ -24,6 +24,7 @@ from core.guidance import (
     GuidanceStep,
     critic_grad,
     euler,
+    fast_velocity,
     guided_sample,
     register_estimator,
 )
@@ -326,6 +327,34 @@ def test_critic_grad_falls_back_to_autograd_for_other_callables():
         g, value = fast(obs, a)
         close(g, grad_q(q, obs, a))
         close(value, q(obs, a).detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fast_velocity_is_the_module_bit_for_bit(dtype):
+    """The sampler's module-call-free velocity gives the module's numbers exactly, and its
+    gradients; anything that is not a plain VelocityField is left as it is."""
+    for layer_norm in (True, False):
+        torch.manual_seed(3)
+        velocity = VelocityField(OBS, ACT, hidden=(16, 16), layer_norm=layer_norm).to(dtype)
+        velocity = _randomize_norms(velocity)
+        fast = fast_velocity(velocity)
+        assert fast is not velocity and fast.action_dim == velocity.action_dim
+        obs, a = torch.randn(7, OBS, dtype=dtype), torch.randn(7, ACT, dtype=dtype)
+        t = torch.rand(7, dtype=dtype)
+        assert torch.equal(fast(obs, a, t), velocity(obs, a, t))
+        a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+        (g1,) = torch.autograd.grad(fast(obs, a1, t).square().sum(), a1)
+        (g2,) = torch.autograd.grad(velocity(obs, a2, t).square().sum(), a2)
+        assert torch.equal(g1, g2)
+    hooked = VelocityField(OBS, ACT, hidden=(16,))
+    hooked.mlp.net[1].register_forward_hook(lambda m, i, o: o * 0.5)
+
+    class Shifted(VelocityField):
+        def forward(self, obs, a_t, t):
+            return super().forward(obs, a_t, t) + 1.0
+
+    for other in (hooked, Shifted(OBS, ACT, hidden=(16,)), LambdaVelocity()):
+        assert fast_velocity(other) is other
 
 
 # --------------------------------------------------------------------------- best-of-N
