@@ -15,21 +15,13 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from viewer_window import open_app, pump, shown  # noqa: E402
-from xvfb import in_child_process  # noqa: E402
+from xvfb import window_tests  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 ENV = "cube-single-play-singletask-task2-v0"
-CHILD_FLAG = "QGF_VIEWER_MANIFOLD_WINDOW_TESTS"
-IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
-window = pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_window_tests)")
-
-
-@pytest.mark.skipif(IN_CHILD, reason="this is the child")
-def test_window_tests():
-    """Every window test below, in a fresh process (see the module docstring)."""
-    expected = sum(1 for n in globals() if n.startswith("test_") and n != "test_window_tests")
-    in_child_process(__file__, CHILD_FLAG, expected)
+# Every window test below runs in a fresh process of its own (tests/xvfb.py says why).
+window, test_window_tests = window_tests(__file__, "QGF_VIEWER_MANIFOLD_WINDOW_TESTS", globals())
 
 
 @pytest.fixture(scope="module")

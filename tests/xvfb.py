@@ -14,15 +14,10 @@ server (``viewer.display``) is stopped when the test process exits.
 
 A Dear PyGui window leaves the process's GL state behind: a later MuJoCo EGL context made
 on the same thread fails (EGL_BAD_ACCESS), and a later window crashes if the first ran
-next to MuJoCo. ``in_child_process`` runs a module's window tests in a fresh pytest process,
+next to MuJoCo. ``window_tests`` runs a module's window tests in a fresh pytest process,
 so they cannot break the tests that come after them::
 
-    IN_CHILD = os.environ.get("MY_WINDOW_TESTS") == "1"
-    window = pytest.mark.skipif(not IN_CHILD, reason="runs in its own process")
-
-    @pytest.mark.skipif(IN_CHILD, reason="this is the child")
-    def test_window_tests():
-        in_child_process(__file__, "MY_WINDOW_TESTS", expected=5)
+    window, test_window_tests = window_tests(__file__, "MY_WINDOW_TESTS", globals())
 
     @window
     def test_something_with_a_window(): ...
@@ -58,3 +53,23 @@ def in_child_process(path: str, flag: str, expected: int, timeout: float = 1200)
     summary = lines[-1] if lines else ""
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert f"{expected} passed" in summary, summary
+
+
+def window_tests(path: str, flag: str, namespace: dict) -> tuple:
+    """The ``window`` marker and the ``test_window_tests`` runner of a window test module.
+
+    In the test run, the runner starts one child pytest process on the module with ``flag``
+    set, and the ``window`` tests skip; in the child, they run and the runner skips. The
+    runner expects every other ``test_*`` of ``namespace`` (the module's ``globals()``,
+    read when it runs) to pass there.
+    """
+    in_child = os.environ.get(flag) == "1"
+    window = pytest.mark.skipif(not in_child, reason="runs in its own process (test_window_tests)")
+
+    @pytest.mark.skipif(in_child, reason="this is the child")
+    def test_window_tests() -> None:
+        """Every window test of the module, in a fresh process."""
+        expected = sum(1 for n in namespace if n.startswith("test_") and n != "test_window_tests")
+        in_child_process(path, flag, expected)
+
+    return window, test_window_tests
