@@ -233,7 +233,6 @@ class ViewerApp:
         self._build_help()
         self._build_file_dialog()
         self._build_handlers()
-        dpg.set_primary_window(self._tags["window"], True)
         dpg.set_viewport_resize_callback(self.callback("resize", lambda *_: self._layout()))
         dpg.setup_dearpygui()
         dpg.show_viewport()
@@ -734,7 +733,15 @@ class ViewerApp:
 
     def _build_window(self) -> None:
         t = self._tags
-        with dpg.window(tag="qgf_main", no_scrollbar=True, no_background=True) as t["window"]:
+        # Not a primary window: Dear PyGui draws a primary window's background opaque whatever
+        # the theme says (a 1280x800 fill, ~8 ms of CPU per GUI frame on software GL). A plain
+        # window covering the viewport (_layout keeps it so) and never raised over the others
+        # shows the viewport's clear colour instead, for nothing.
+        with dpg.window(
+            tag="qgf_main", pos=(0, 0), width=self.width, height=self.height, no_scrollbar=True,
+            no_background=True, no_title_bar=True, no_resize=True, no_move=True,
+            no_collapse=True, no_bring_to_front_on_focus=True,
+        ) as t["window"]:  # fmt: skip
             with dpg.group(horizontal=True):
                 with dpg.child_window(width=-CONTROLS_WIDTH - 8, height=300, no_scrollbar=True) as (
                     t["scene_panel"]
@@ -1108,6 +1115,7 @@ class ViewerApp:
         t = self._tags
         vw = dpg.get_viewport_client_width() or self.width
         vh = dpg.get_viewport_client_height() or self.height
+        dpg.configure_item(t["window"], width=vw, height=vh)
         top = vh - PLOT_HEIGHT - STATUS_HEIGHT - 26
         dpg.configure_item(t["scene_panel"], height=top)
         dpg.configure_item(t["controls"], height=top)
