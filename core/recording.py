@@ -299,8 +299,9 @@ class RecordResult:
         episodes: one ``PanelEpisode`` per panel per episode, episode-major.
         wall_s: seconds from the first env reset to the closed file.
         seconds: main-thread time per part, summed over the recording: ``policy`` (waiting
-            for the sampler thread), ``overlay``, ``env``, ``render``, ``caption``, ``encode``
-            (tiling and writing).
+            for the worker thread's env steps and sampling), ``overlay``, ``env`` (resets,
+            state copies, step bookkeeping), ``render``, ``caption``, ``encode`` (tiling and
+            writing).
     """
 
     path: Path
@@ -362,11 +363,12 @@ class _Sampled:
 class Recording:
     """The panels' envs and renderers, reusable for several ``run`` calls (benchmarks do).
 
-    Create, use and close it on one thread: the renderers' GL contexts belong to it. The
-    sampler runs on a worker thread, one step ahead: while frame ``k`` is rendered, the
-    candidates of step ``k + 1`` are sampled (each panel's shown state is a copy, so the env
-    can step on). Software GL is geometry-bound on one core, so with a core to spare the
-    sampler's time hides behind rendering; on cores saturated by other work it cannot, and
+    Create, use and close it on one thread: the renderers' GL contexts belong to it. A
+    worker thread runs one step ahead: while frame ``k`` is rendered, it steps every panel's
+    env to ``s_{k+1}`` and samples the candidates there (each panel's shown state is a copy,
+    so the env can step on). Software GL is geometry-bound on one core and the main thread's
+    chain (render, caption, encode) sets the pace, so with a core to spare the env steps and
+    the sampler's time hide behind it; on cores saturated by other work they cannot, and
     recording runs at the pace of the total CPU work (``benchmarks/record.py`` shows both).
 
     Args:
@@ -399,7 +401,7 @@ class Recording:
         self.action_dim = int(policy.action_dim)
         self.runs: list[_PanelRun] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qgf-sampler")
-        self.sampler_s = 0.0  # sampler compute time on the worker thread
+        self.sampler_s = 0.0  # sampling time on the worker thread (env steps not included)
         try:
             self._build()
         except BaseException:
@@ -485,6 +487,29 @@ class Recording:
         self.sampler_s += time.perf_counter() - start
         return out
 
+    def _advance(
+        self, runs: list[_PanelRun], actions: list[np.ndarray], episode: int, step: int
+    ) -> tuple[list[tuple], list[_Sampled] | None]:
+        """Worker thread: step each run's env with its action (to state ``step``), then sample
+        there the runs still going when a chunk starts there. Returns each run's ``env.step``
+        result and the samples (None between chunk starts); the main thread applies both."""
+        outcomes = [run.env.step(a) for run, a in zip(runs, actions, strict=True)]
+        going = [
+            (run, out[0])
+            for run, out in zip(runs, outcomes, strict=True)
+            if not self._ends(run, out)
+        ]
+        if step % self.horizon or not going:
+            return outcomes, None
+        obs = np.stack([o for _, o in going])
+        return outcomes, self._sample(obs, [r.panel for r, _ in going], episode, step)
+
+    def _ends(self, run: _PanelRun, outcome: tuple) -> bool:
+        """Whether ``run``'s episode ends with this ``env.step`` result (``run.step`` not yet
+        counting it)."""
+        _, _, terminated, truncated, _ = outcome
+        return bool(terminated or truncated or run.step + 1 >= self.max_steps)
+
     def _apply(self, runs: list[_PanelRun], sampled: list[_Sampled]) -> None:
         """Main thread: take the new chunks and build the overlays at the current states."""
         for run, part in zip(runs, sampled, strict=True):
@@ -555,47 +580,50 @@ class Recording:
         """Record one episode of every panel into ``video``.
 
         Iteration ``k``: take the candidates sampled at ``s_k``, copy each state for display,
-        step every env to ``s_{k+1}`` and start sampling there, then draw and write frame ``k``
-        while the sampler works.
+        hand the worker the env steps to ``s_{k+1}`` (and the sampling there), draw and write
+        frame ``k`` while it works, then take its results.
         """
         s = self.settings
         self._reset(episode)
         clock.lap("env")
-        pending = self._submit(self.runs, episode, 0)
+        sampled = self._submit(self.runs, episode, 0).result()
+        clock.lap("policy")
         k = 0
         while True:
             active = [r for r in self.runs if not r.done]
             if active and k % self.horizon == 0:
-                sampled = pending.result()
-                clock.lap("policy")
                 self._apply(active, sampled)
                 clock.lap("overlay")
+            actions = []
             for run in active:
                 u = run.env.unwrapped
                 mujoco.mj_copyData(run.shown, u._model, u._data)
-                action = run.chunk[k % self.horizon].astype(np.float64)
-                obs, reward, terminated, truncated, info = run.env.step(action)
-                run.actions.append(action)
-                run.obs = obs
-                run.step += 1
-                run.ret += float(reward)
-                run.qs.append(run.q)
-                run.success = bool(info.get("success", False))
-                run.done = bool(terminated or truncated or run.step >= self.max_steps)
-            still = [r for r in active if not r.done]
-            if still and (k + 1) % self.horizon == 0:
-                pending = self._submit(still, episode, k + 1)
+                actions.append(run.chunk[k % self.horizon].astype(np.float64))
+            pending = self._pool.submit(self._advance, active, actions, episode, k + 1)
             clock.lap("env")
             for run in self.runs:
                 if run in active:
                     self._draw(run, run.shown, run.overlay, k, False, episode, clock)
                 elif not run.final_drawn:
                     # The final state, without candidates: nothing more is sampled there.
+                    # Its env is not among those the worker is stepping.
                     data = run.env.unwrapped._data
                     self._draw(run, data, None, run.step, True, episode, clock)
                     run.final_drawn = True
             video.write(self._frame())
             clock.lap("encode")
+            outcomes, sampled = pending.result()
+            clock.lap("policy")
+            for run, action, outcome in zip(active, actions, outcomes, strict=True):
+                _, reward, _, _, info = outcome
+                run.done = self._ends(run, outcome)
+                run.obs = outcome[0]
+                run.actions.append(action)
+                run.step += 1
+                run.ret += float(reward)
+                run.qs.append(run.q)
+                run.success = bool(info.get("success", False))
+            clock.lap("env")
             if not active:
                 break
             if progress is not None:
