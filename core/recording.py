@@ -349,15 +349,19 @@ class _PanelRun:
     actions: list[np.ndarray] = field(default_factory=list)
     chunk: np.ndarray | None = None  # [H, 5] the executing chunk
     overlay: Overlay | None = None
+    caption: np.ndarray | None = None  # the caption strip of the panel's next frame
 
 
 @dataclass
 class _Sampled:
-    """One panel's candidates at one state, on the CPU (from ``sample_with_ghost``)."""
+    """One panel's candidates at one state, on the CPU (from ``sample_with_ghost``), with
+    the executed candidate, its Q and the overlay, made on the worker while the env is at
+    that state."""
 
     guided: DenoiseTrace
-    ghost: DenoiseTrace
-    off_manifold: Tensor | None
+    executed: int
+    q: float
+    overlay: Overlay
 
 
 class Recording:
@@ -459,13 +463,13 @@ class Recording:
     def _submit(self, runs: list[_PanelRun], episode: int, step: int) -> Future[list[_Sampled]]:
         """Start sampling the candidates of ``runs`` at their current states."""
         obs = np.stack([r.obs for r in runs])
-        panels = [r.panel for r in runs]
-        return self._pool.submit(self._sample, obs, panels, episode, step)
+        return self._pool.submit(self._sample, runs, obs, episode, step)
 
     def _sample(
-        self, obs_np: np.ndarray, panels: list[Panel], episode: int, step: int
+        self, runs: list[_PanelRun], obs_np: np.ndarray, episode: int, step: int
     ) -> list[_Sampled]:
-        """Worker thread: every panel from the same noise, each in a call of its own.
+        """Worker thread: every panel from the same noise, each in a call of its own, and
+        each panel's overlay (its env must be at the sampled state).
 
         One call per panel, rather than one batch for all, keeps a panel's numbers
         independent of the rest of the grid (a batched matmul may round a row differently
@@ -476,33 +480,44 @@ class Recording:
         noise = step_noise(s.seed + episode, step, s.candidates, self.action_dim)
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=self.device)
         out = []
-        for o, p in zip(obs, panels, strict=True):
+        for o, run in zip(obs, runs, strict=True):
+            p = run.panel
             guided, ghost = sample_with_ghost(
                 self.policy, self.critic, o, p.estimator, p.weight, s.steps, noise
             )
             flags = None
             if s.layers.off_manifold and self.off_manifold is not None:
                 flags = self.off_manifold(o.expand(s.candidates, -1), guided.final).cpu()
-            out.append(_Sampled(guided.to("cpu"), ghost.to("cpu"), flags))
+            guided = guided.to("cpu")
+            executed = int(guided.chosen[0]) if s.best_of else 0
+            overlay = overlay_from_trace(
+                run.env, guided, 0, executed, ghost.to("cpu") if s.layers.ghost else None, flags
+            )
+            out.append(_Sampled(guided, executed, float(guided.q_final[executed]), overlay))
         self.sampler_s += time.perf_counter() - start
         return out
 
     def _advance(
         self, runs: list[_PanelRun], actions: list[np.ndarray], episode: int, step: int
-    ) -> tuple[list[tuple], list[_Sampled] | None]:
-        """Worker thread: step each run's env with its action (to state ``step``), then sample
-        there the runs still going when a chunk starts there. Returns each run's ``env.step``
-        result and the samples (None between chunk starts); the main thread applies both."""
+    ) -> tuple[list[tuple], list[_Sampled] | None, list[np.ndarray | None]]:
+        """Worker thread: everything frame ``step`` needs but the rendering. Step each run's
+        env with its action (to state ``step``), sample there the runs still going when a
+        chunk starts there, and make each run's caption strip for frame ``step``. Returns the
+        ``env.step`` results, the samples (None between chunk starts) and the captions; the
+        main thread applies them."""
         outcomes = [run.env.step(a) for run, a in zip(runs, actions, strict=True)]
-        going = [
-            (run, out[0])
-            for run, out in zip(runs, outcomes, strict=True)
-            if not self._ends(run, out)
+        ends = [self._ends(run, out) for run, out in zip(runs, outcomes, strict=True)]
+        going = [run for run, end in zip(runs, ends, strict=True) if not end]
+        sampled = None
+        if going and step % self.horizon == 0:
+            obs = np.stack([out[0] for out, end in zip(outcomes, ends, strict=True) if not end])
+            sampled = self._sample(going, obs, episode, step)
+        q = {id(r): part.q for r, part in zip(going, sampled, strict=True)} if sampled else {}
+        captions = [
+            self._caption(run, step, q.get(id(run), run.q), end, end and _success(out), episode)
+            for run, out, end in zip(runs, outcomes, ends, strict=True)
         ]
-        if step % self.horizon or not going:
-            return outcomes, None
-        obs = np.stack([o for _, o in going])
-        return outcomes, self._sample(obs, [r.panel for r, _ in going], episode, step)
+        return outcomes, sampled, captions
 
     def _ends(self, run: _PanelRun, outcome: tuple) -> bool:
         """Whether ``run``'s episode ends with this ``env.step`` result (``run.step`` not yet
@@ -511,15 +526,31 @@ class Recording:
         return bool(terminated or truncated or run.step + 1 >= self.max_steps)
 
     def _apply(self, runs: list[_PanelRun], sampled: list[_Sampled]) -> None:
-        """Main thread: take the new chunks and build the overlays at the current states."""
+        """Main thread: take the new chunks and their overlays."""
         for run, part in zip(runs, sampled, strict=True):
-            executed = int(part.guided.chosen[0]) if self.settings.best_of else 0
-            run.chunk = part.guided.final[executed].numpy().reshape(self.horizon, -1)
-            run.q = float(part.guided.q_final[executed])
-            ghost = part.ghost if self.settings.layers.ghost else None
-            run.overlay = overlay_from_trace(
-                run.env, part.guided, 0, executed, ghost, part.off_manifold
-            )
+            run.chunk = part.guided.final[part.executed].numpy().reshape(self.horizon, -1)
+            run.q = part.q
+            run.overlay = part.overlay
+
+    def _caption(
+        self, run: _PanelRun, step: int, q: float | None, final: bool, success: bool, episode: int
+    ) -> np.ndarray | None:
+        """The caption strip of ``run``'s frame at ``step`` (None without captions)."""
+        s = self.settings
+        if not s.caption:
+            return None
+        fields = CaptionFields(
+            env=self.label,
+            estimator=run.panel.estimator,
+            weight=run.panel.weight,
+            step=step,
+            q=q,
+            success=success,
+            done=final,
+            episode=episode if s.episodes > 1 else None,
+            path_scale=s.path_scale,
+        )
+        return caption_strip(fields, s.width)
 
     # ------------------------------------------------------------------ one episode
 
@@ -546,32 +577,19 @@ class Recording:
         run: _PanelRun,
         data: mujoco.MjData,
         overlay: Overlay | None,
-        step: int,
         final: bool,
-        episode: int,
         clock: _Clock,
     ) -> None:
-        """Render ``data`` into ``run.image`` with the overlay and caption; ``final`` marks the
-        episode's last state (border, SUCCESS/DONE)."""
+        """Render ``data`` into ``run.image`` with the overlay and ``run.caption``; ``final``
+        marks the episode's last state (border)."""
         s = self.settings
         scene = run.image[: s.height]
         run.renderer.render(data, overlay, s.layers, out=scene)
         if final:
             draw_border(scene, SUCCESS_COLOR if run.success else DONE_COLOR, _BORDER)
         clock.lap("render")
-        if s.caption:
-            caption = CaptionFields(
-                env=self.label,
-                estimator=run.panel.estimator,
-                weight=run.panel.weight,
-                step=step,
-                q=run.q,
-                success=final and run.success,
-                done=final,
-                episode=episode if s.episodes > 1 else None,
-                path_scale=s.path_scale,
-            )
-            run.image[s.height :] = caption_strip(caption, s.width)
+        if run.caption is not None:
+            run.image[s.height :] = run.caption
             clock.lap("caption")
 
     def run_episode(
@@ -588,6 +606,9 @@ class Recording:
         clock.lap("env")
         sampled = self._submit(self.runs, episode, 0).result()
         clock.lap("policy")
+        for run, part in zip(self.runs, sampled, strict=True):
+            run.caption = self._caption(run, 0, part.q, False, False, episode)
+        clock.lap("caption")
         k = 0
         while True:
             active = [r for r in self.runs if not r.done]
@@ -603,26 +624,28 @@ class Recording:
             clock.lap("env")
             for run in self.runs:
                 if run in active:
-                    self._draw(run, run.shown, run.overlay, k, False, episode, clock)
+                    self._draw(run, run.shown, run.overlay, False, clock)
                 elif not run.final_drawn:
                     # The final state, without candidates: nothing more is sampled there.
                     # Its env is not among those the worker is stepping.
-                    data = run.env.unwrapped._data
-                    self._draw(run, data, None, run.step, True, episode, clock)
+                    self._draw(run, run.env.unwrapped._data, None, True, clock)
                     run.final_drawn = True
             video.write(self._frame())
             clock.lap("encode")
-            outcomes, sampled = pending.result()
+            outcomes, sampled, captions = pending.result()
             clock.lap("policy")
-            for run, action, outcome in zip(active, actions, outcomes, strict=True):
-                _, reward, _, _, info = outcome
+            for run, action, outcome, caption in zip(
+                active, actions, outcomes, captions, strict=True
+            ):
+                _, reward, _, _, _ = outcome
                 run.done = self._ends(run, outcome)
                 run.obs = outcome[0]
                 run.actions.append(action)
                 run.step += 1
                 run.ret += float(reward)
                 run.qs.append(run.q)
-                run.success = bool(info.get("success", False))
+                run.success = _success(outcome)
+                run.caption = caption
             clock.lap("env")
             if not active:
                 break
@@ -670,6 +693,11 @@ class Recording:
             video.path, video.frames, video.size, episodes, time.perf_counter() - start,
             clock.seconds,
         )  # fmt: skip
+
+
+def _success(outcome: tuple) -> bool:
+    """Whether an ``env.step`` result reports success."""
+    return bool(outcome[4].get("success", False))
 
 
 def sample_with_ghost(
