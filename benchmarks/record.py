@@ -1,12 +1,12 @@
 """Recording throughput: ``qgf record``'s loop against rendering and encoding alone.
 
-Run: ``qgf bench record`` or ``python -m benchmarks.record [--weights 0,0.03,0.1]``.
+Run: ``qgf bench record [--quick]`` or ``python -m benchmarks.record [--panels 0,0.03,0.1]``.
 
 Both sides use the same panels' envs and renderers in the same process, the same resolution,
 the same number of frames and the same encoder settings:
 
-- record: ``Recording.run``, the whole loop of ``qgf record``: sampling (one step ahead on
-  the worker thread), env steps, overlays, rendering, captions, tiling, encoding.
+- record: ``Recording.run``, the whole loop of ``qgf record``: env steps, sampling, overlays
+  and captions (one step ahead on the worker thread), rendering, tiling, encoding.
 - render + encode: each panel's scene rendered without overlays, tiled and encoded; the env
   does not move and nothing is sampled.
 
@@ -29,6 +29,7 @@ HELP = "recording fps (rollout + overlays + render + caption + encode) vs render
 
 TARGET_RATIO = 0.8
 _RANDOM_HIDDEN = (256, 256, 256, 256)
+_QUICK_FRAMES = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--estimator", default="qgf", help="estimator of every panel")
     parser.add_argument("--frames", type=int, default=30, help="env steps per measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="A/B pairs per row")
+    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per row")
     parser.add_argument("--size", default="320x240", help="one panel's scene, WIDTHxHEIGHT")
     parser.add_argument("--candidates", type=int, default=8, help="candidates N per step")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as qgf record)")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{_QUICK_FRAMES} env steps per measurement"
+    )
 
 
 def _networks(checkpoint: str | None, device: str):
@@ -128,7 +132,7 @@ def _row(policy, critic, env_name, steps, flags, weights, args, tmp: Path) -> di
             base_fps.append(fps)
             base_cpu.append(cpu_per_frame)
             seconds = dict(result.seconds)
-            seconds["sampler (worker)"] = recording.sampler_s - sampler_before
+            seconds["sampling (worker)"] = recording.sampler_s - sampler_before
             parts.append({k: 1e3 * v / frames for k, v in seconds.items()})
     record = statistics.median(record_fps)
     base = statistics.median(base_fps)
@@ -144,9 +148,12 @@ def _row(policy, critic, env_name, steps, flags, weights, args, tmp: Path) -> di
 
 
 def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+    if args.quick:
+        args.frames = min(args.frames, _QUICK_FRAMES)
     torch.set_num_threads(args.threads)
     policy, critic, env_name, steps, label, flags = _networks(args.checkpoint, args.device)
     rows = []
@@ -175,7 +182,10 @@ def run(args: argparse.Namespace) -> int:
         "this process (ffmpeg's own process not counted); what the fps ratio tends to when "
         "the cores are saturated, e.g. by other processes."
     )
-    print("record loop, ms per frame (main thread; the sampler runs on its own thread):")
+    print(
+        "record loop, ms per frame (main thread; env steps, sampling, overlays and captions run "
+        "on the worker thread):"
+    )
     for r in rows:
         parts = "  ".join(f"{k} {v:.1f}" for k, v in r["parts"].items())
         print(f"{r['panels']:>6} panels: {parts}")
