@@ -1271,6 +1271,8 @@ class ViewerApp:
         labels = [b.label for b in branches]
         dpg.configure_item(t["branch"], items=labels)
         dpg.set_value(t["branch"], session.branch.label)
+        if len(branches) == 1 and not self._branch_series:
+            return  # the plot is hidden: nothing to draw into it
         while len(self._branch_series) > len(branches):
             for item in self._branch_series.pop():
                 dpg.delete_item(item)
