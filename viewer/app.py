@@ -983,6 +983,9 @@ class ViewerApp:
             t["sw_x"] = dpg.add_plot_axis(
                 dpg.mvXAxis, label="guidance weight w (log)", scale=dpg.mvPlotScale_Log10
             )
+            # Until the first sweep arrives (sweeps wait while playing), a sensible empty
+            # range: an empty log axis otherwise labels itself 1e-306 .. 1.
+            dpg.set_axis_limits(t["sw_x"], 1e-3, 1.0)
             with dpg.plot_axis(dpg.mvYAxis, label="mean Q") as t["sw_y"]:
                 t["sw_q"] = dpg.add_line_series([], [], label="Q")
                 t["sw_w"] = dpg.add_inf_line_series([], label="current w")
@@ -1224,7 +1227,8 @@ class ViewerApp:
         dpg.configure_item(t["timeline"], max_value=max(live, 1))
         dpg.set_value(t["timeline"], rec.index)
         dpg.set_value(t["ep_shown"], [[float(rec.index)]])
-        viewing = rec.index < live
+        # While playing, the shown frame may trail the worker by a step: that is not scrubbing.
+        viewing = session.viewing is not None and rec.index < live
         dpg.configure_item(t["live"], label=f"Live ({live})" if viewing else "Live")
         dpg.set_value(
             t["info"],
