@@ -3,8 +3,10 @@
 Layout of a checkpoint directory::
 
     config.json              CheckpointConfig: architecture, env, dims, data fingerprint,
-                             training steps, code version, and the sha256 of every file below
-    weights.safetensors      policy.*, critic.*, target_critic.*  (float32)
+                             training steps, code version, provenance of an imported agent,
+                             and the sha256 of every file below
+    weights.safetensors      policy.*, critic.*, target_critic.*, and onestep.* when the
+                             agent has a one-step policy (float32)
     dataset_sample.safetensors  observations [N, O], actions [N, A]: a compact sample of the
                              training data for nearest-neighbour queries
     optimizer.safetensors    (optional) Adam state, so training can resume
@@ -15,6 +17,11 @@ from the one recorded (truncated or tampered), a file that is not safetensors, a
 for another env, or tensors whose shapes do not match the recorded architecture all raise
 ``CheckpointError`` naming the problem. Pickle-based files (.pt, .pkl, ...) are refused by
 name and never opened, so nothing in them can run.
+
+Format versions: 1 had one architecture (this project's MLP recipe); 2 adds the switches
+that imported agents need (``MLPStyle``, raw time, separate critic widths, no V network, a
+one-step policy, the Q aggregation, provenance). A version-1 config reads as version 2 with
+those switches at their defaults, which is what version 1 meant.
 
 Saving is atomic: everything is written to a temporary sibling directory, which is then
 renamed onto the final name; an existing checkpoint is moved aside first and deleted only
@@ -44,9 +51,19 @@ from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
 from core import __version__
-from core.models import Critic, VelocityField
+from core.models import (
+    ACTIVATIONS,
+    AGGREGATIONS,
+    NORM_POSITIONS,
+    TIME_EMBEDDINGS,
+    Critic,
+    MLPStyle,
+    OneStepPolicy,
+    VelocityField,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 SAMPLE_FILE = "dataset_sample.safetensors"
@@ -56,11 +73,17 @@ REQUIRED_FILES = (WEIGHTS_FILE, SAMPLE_FILE)
 # Formats that unpickle on load: their presence is an error, and they are never opened.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npy")
 WEIGHT_GROUPS = ("policy", "critic", "target_critic")
+ONESTEP_GROUP = "onestep"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, incomplete, tampered with, unsafe, or for something else."""
+
+
+class NoDatasetSample(CheckpointError):
+    """The checkpoint has an empty dataset sample (an agent imported without its data), so
+    distances to the data cannot be measured."""
 
 
 @dataclass
@@ -74,8 +97,9 @@ class CheckpointConfig:
         obs_dim: O, size of one observation.
         action_dim: size of one env action (5 for manipulation).
         horizon: H, actions per chunk; the policy and Q see ``H * action_dim`` dims.
-        hidden: hidden widths of every MLP (policy, each Q head, V).
-        layer_norm, time_dim: architecture switches of ``core.models``.
+        hidden: hidden widths of the policy (and of every MLP unless ``critic_hidden``).
+        layer_norm, time_dim: architecture switches of ``core.models``; ``layer_norm`` is the
+            policy's, and the critic's unless ``critic_layer_norm`` is set.
         q_ensemble: number of Q heads.
         flow_steps: Euler steps T the policy was trained for.
         training_steps: gradient steps taken.
@@ -86,6 +110,16 @@ class CheckpointConfig:
         files: sha256 of every hashed file in the directory.
         created: UTC time of saving.
         format_version: layout version of the directory.
+        activation, norm_position, layer_norm_eps: the ``MLPStyle`` of every network.
+        policy_norm_last_hidden: whether the policy's last hidden layer has a LayerNorm.
+        time_embedding: ``sinusoidal`` or ``raw`` flow time (``time_dim`` 1).
+        critic_hidden, critic_layer_norm: the Q heads' and V's widths and LayerNorm, when
+            they differ from the policy's.
+        value_network: whether the critic has a V network.
+        onestep_policy: whether ``onestep.*`` weights hold a ``OneStepPolicy``.
+        q_aggregate: how Q heads are combined for guidance and selection (min or mean).
+        source: for an imported agent, where it came from (format, file and its sha256,
+            training step, inferred architecture, the flags that set what shapes cannot).
     """
 
     env: str
@@ -107,11 +141,26 @@ class CheckpointConfig:
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    activation: str = "gelu"
+    norm_position: str = "after_activation"
+    layer_norm_eps: float = 1e-5
+    policy_norm_last_hidden: bool = True
+    time_embedding: str = "sinusoidal"
+    critic_hidden: list[int] | None = None
+    critic_layer_norm: bool | None = None
+    value_network: bool = True
+    onestep_policy: bool = False
+    q_aggregate: str = "min"
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def chunk_dim(self) -> int:
         """``H * action_dim``: the flat action the policy samples and Q takes."""
         return self.horizon * self.action_dim
+
+    @property
+    def style(self) -> MLPStyle:
+        return MLPStyle(self.activation, self.norm_position, self.layer_norm_eps)
 
     def build_policy(self) -> VelocityField:
         return VelocityField(
@@ -121,20 +170,47 @@ class CheckpointConfig:
             horizon=self.horizon,
             layer_norm=self.layer_norm,
             time_dim=self.time_dim,
+            time_embedding=self.time_embedding,
+            style=self.style,
+            norm_last_hidden=self.policy_norm_last_hidden,
         )
 
     def build_critic(self) -> Critic:
         return Critic(
             self.obs_dim,
             self.chunk_dim,
-            hidden=tuple(self.hidden),
+            hidden=tuple(self.critic_hidden or self.hidden),
             ensemble=self.q_ensemble,
-            aggregate="min",
-            layer_norm=self.layer_norm,
+            aggregate=self.q_aggregate,
+            layer_norm=self.layer_norm
+            if self.critic_layer_norm is None
+            else self.critic_layer_norm,
+            style=self.style,
+            value=self.value_network,
         )
+
+    def build_onestep(self) -> OneStepPolicy | None:
+        """The one-step policy's network, or None when the agent has none."""
+        if not self.onestep_policy:
+            return None
+        return OneStepPolicy(
+            self.obs_dim,
+            self.action_dim,
+            hidden=tuple(self.hidden),
+            horizon=self.horizon,
+            layer_norm=self.layer_norm,
+            style=self.style,
+            norm_last_hidden=self.policy_norm_last_hidden,
+        )
+
+    def weight_groups(self) -> tuple[str, ...]:
+        """The tensor groups of ``weights.safetensors``."""
+        return WEIGHT_GROUPS + ((ONESTEP_GROUP,) if self.onestep_policy else ())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointConfig:
+        """Build and validate a config from its JSON; raises ``CheckpointError`` naming the
+        first missing or malformed key."""
         names = {f.name for f in fields(cls)}
         required = {
             f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
@@ -142,7 +218,45 @@ class CheckpointConfig:
         missing = sorted(required - set(data))
         if missing:
             raise CheckpointError(f"{CONFIG_FILE} lacks required keys: {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        config = cls(**{k: v for k, v in data.items() if k in names})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``CheckpointError`` naming the first field whose value cannot be built."""
+        choices = {
+            "activation": ACTIVATIONS,
+            "norm_position": NORM_POSITIONS,
+            "time_embedding": TIME_EMBEDDINGS,
+            "q_aggregate": AGGREGATIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CheckpointError(
+                    f"{CONFIG_FILE}: {name} is {getattr(self, name)!r}, expected one of {allowed}"
+                )
+        for name in ("obs_dim", "action_dim", "horizon", "q_ensemble", "flow_steps", "time_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CheckpointError(
+                    f"{CONFIG_FILE}: {name} must be an integer >= 1, got {value!r}"
+                )
+        for name in ("hidden", "critic_hidden"):
+            widths = getattr(self, name)
+            if widths is None and name == "critic_hidden":
+                continue
+            if not isinstance(widths, list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in widths
+            ):
+                raise CheckpointError(
+                    f"{CONFIG_FILE}: {name} must be a list of widths >= 1, got {widths!r}"
+                )
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise CheckpointError(f"{CONFIG_FILE}: layer_norm_eps must be > 0")
+        if self.time_embedding == "raw" and self.time_dim != 1:
+            raise CheckpointError(f"{CONFIG_FILE}: raw time needs time_dim 1, got {self.time_dim}")
+        if not isinstance(self.source, dict):
+            raise CheckpointError(f"{CONFIG_FILE}: source must be an object")
 
 
 @dataclass
@@ -234,6 +348,7 @@ def save_checkpoint(
     sample: DatasetSample,
     optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     extras: Mapping[str, bytes] | None = None,
+    onestep: OneStepPolicy | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (replacing one already at ``path``).
 
@@ -244,10 +359,13 @@ def save_checkpoint(
         sample: compact dataset sample stored next to the weights.
         optimizer: optional ``(tensors, meta)`` from ``optimizer_to_tensors`` for resuming.
         extras: optional unhashed files (name -> bytes), e.g. ``train_log.csv``, ``eval.json``.
+        onestep: the one-step policy, exactly when ``config.onestep_policy``.
 
     Returns:
         The checkpoint path.
     """
+    if (onestep is not None) != config.onestep_policy:
+        raise ValueError("pass a one-step policy exactly when config.onestep_policy is set")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -257,6 +375,8 @@ def save_checkpoint(
             "critic": critic.state_dict(),
             "target_critic": target_critic.state_dict(),
         }
+        if onestep is not None:
+            weights[ONESTEP_GROUP] = onestep.state_dict()
         save_torch_file(_flatten(weights), str(tmp / WEIGHTS_FILE))
         save_numpy_file(
             {
@@ -281,6 +401,7 @@ def save_checkpoint(
         config.files = {name: sha256_file(tmp / name) for name in hashed}
         config.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         config.code_version = config.code_version or code_version()
+        config.format_version = FORMAT_VERSION
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _swap_in(tmp, path)
@@ -401,14 +522,14 @@ def read_config(path: str | os.PathLike, verify: bool = True) -> CheckpointConfi
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{cfg_file} does not hold a JSON object")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{cfg_file}: format_version {data.get('format_version')!r}, "
-            f"this code reads {FORMAT_VERSION}"
+            f"this code reads {', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         config = CheckpointConfig.from_dict(data)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_file} is malformed: {e}") from e
     for name in REQUIRED_FILES:
         if name not in config.files:
@@ -430,18 +551,23 @@ def read_config(path: str | os.PathLike, verify: bool = True) -> CheckpointConfi
 def _group_weights(
     flat: Mapping[str, torch.Tensor], config: CheckpointConfig
 ) -> dict[str, dict[str, torch.Tensor]]:
-    expected = {
-        "policy": config.build_policy().state_dict(),
-        "critic": config.build_critic().state_dict(),
-    }
+    with torch.device("meta"):
+        expected = {
+            "policy": config.build_policy().state_dict(),
+            "critic": config.build_critic().state_dict(),
+        }
+        onestep = config.build_onestep()
+        if onestep is not None:
+            expected[ONESTEP_GROUP] = onestep.state_dict()
     expected["target_critic"] = expected["critic"]
-    groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in WEIGHT_GROUPS}
+    names = config.weight_groups()
+    groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in names}
     for name, tensor in flat.items():
         group, _, key = name.partition(".")
         if group not in groups:
             raise CheckpointError(f"{WEIGHTS_FILE} holds an unknown tensor {name!r}")
         groups[group][key] = tensor
-    for group in WEIGHT_GROUPS:
+    for group in names:
         want, got = expected[group], groups[group]
         missing = sorted(set(want) - set(got))
         if missing:
@@ -485,6 +611,45 @@ def load_state(path: str | os.PathLike, expect_env: str | None = None) -> Checkp
     return CheckpointState(config, weights, optimizer, meta)
 
 
+@dataclass
+class Agent:
+    """A checkpoint's networks, ready to sample with.
+
+    Attributes:
+        policy: the velocity field ``(obs [B,O], a_t [B,H*A], t [B]) -> [B,H*A]``.
+        critic: the TARGET critic, aggregated over its heads as ``config.q_aggregate`` says,
+            ``(obs [B,O], a [B,H*A]) -> [B]``; ``critic.has_value`` says whether V exists.
+        config: the checkpoint's config.
+        onestep: the one-step policy ``(obs, noise) -> action`` (unclipped), or None.
+    """
+
+    policy: VelocityField
+    critic: Critic
+    config: CheckpointConfig
+    onestep: OneStepPolicy | None = None
+
+
+def load_agent(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expect_env: str | None = None,
+) -> Agent:
+    """Load a checkpoint for sampling, every network it has (see ``load_checkpoint``)."""
+    state = load_state(path, expect_env)
+    config = state.config
+    policy = config.build_policy()
+    critic = config.build_critic()
+    onestep = config.build_onestep()
+    policy.load_state_dict(state.weights["policy"])
+    critic.load_state_dict(state.weights["target_critic"])
+    if onestep is not None:
+        onestep.load_state_dict(state.weights[ONESTEP_GROUP])
+    for net in (policy, critic, onestep):
+        if net is not None:
+            net.to(device).eval().requires_grad_(False)
+    return Agent(policy, critic, config, onestep)
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -494,9 +659,10 @@ def load_checkpoint(
 
     The parts plug straight into ``guided_sample(policy, critic, obs, ...)``: ``policy`` is
     the velocity field ``(obs [B,O], a_t [B,H*A], t [B]) -> [B,H*A]`` and ``critic`` is the
-    TARGET critic aggregated by min over its heads, ``(obs [B,O], a [B,H*A]) -> [B]``, as the
-    reference evaluation guides with. Both are in eval mode with gradients off for their
-    parameters (guidance still differentiates Q with respect to actions).
+    TARGET critic aggregated over its heads (min, unless the checkpoint says mean),
+    ``(obs [B,O], a [B,H*A]) -> [B]``, as the reference evaluation guides with. Both are in
+    eval mode with gradients off for their parameters (guidance still differentiates Q with
+    respect to actions). ``load_agent`` also gives a one-step policy where there is one.
 
     Args:
         path: checkpoint directory.
@@ -506,15 +672,8 @@ def load_checkpoint(
     Raises:
         CheckpointError: anything wrong with the checkpoint (see the module docstring).
     """
-    state = load_state(path, expect_env)
-    config = state.config
-    policy = config.build_policy()
-    critic = config.build_critic()
-    policy.load_state_dict(state.weights["policy"])
-    critic.load_state_dict(state.weights["target_critic"])
-    for net in (policy, critic):
-        net.to(device).eval().requires_grad_(False)
-    return policy, critic, config
+    agent = load_agent(path, device, expect_env)
+    return agent.policy, agent.critic, agent.config
 
 
 def load_dataset_sample(path: str | os.PathLike, verify: bool = True) -> DatasetSample:
@@ -539,6 +698,11 @@ def load_dataset_sample(path: str | os.PathLike, verify: bool = True) -> Dataset
         raise CheckpointError(
             f"{SAMPLE_FILE}: actions have shape {list(act.shape)}, "
             f"expected [{obs.shape[0]}, {config.action_dim}]"
+        )
+    if obs.shape[0] == 0:
+        raise NoDatasetSample(
+            f"checkpoint {path.name} has no dataset sample (imported without --data): "
+            "distance to the data is unavailable"
         )
     return DatasetSample(obs, act)
 

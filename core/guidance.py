@@ -49,7 +49,6 @@ from core.models import (
     EnsembleLinear,
     QEnsemble,
     VelocityField,
-    timestep_embedding,
 )
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -100,13 +99,13 @@ def euler(
 # --------------------------------------------------------------------------- the velocity
 
 
-_MLP_LAYERS = (nn.Linear, nn.GELU, nn.LayerNorm)
+_MLP_LAYERS = (nn.Linear, nn.GELU, nn.LayerNorm, nn.ReLU, nn.SiLU, nn.Mish)
 
 
 class _MLPVelocity:
     """A plain ``core.models.VelocityField`` without module calls: the ops of its ``forward``
-    on the same parameters (time embedding, ``F.linear``, ``F.gelu``, ``F.layer_norm``), so
-    the same numbers bit for bit, autograd included.
+    on the same parameters (time embedding, ``F.linear``, ``F.gelu``, ``F.layer_norm``; other
+    activations are called as they are), so the same numbers bit for bit, autograd included.
 
     At the viewer's 16 rows a velocity call is ~15 module calls whose Python overhead costs
     about as much as their arithmetic; here the layers are looked up once. Other attributes
@@ -115,7 +114,7 @@ class _MLPVelocity:
 
     def __init__(self, module: VelocityField) -> None:
         self.module = module
-        self.time_dim = module.time_dim
+        self.embed_time = module.embed_time
         # Each layer as (function, positional arguments after x, keyword arguments).
         self.layers: list[tuple] = []
         for layer in module.mlp.net:
@@ -123,15 +122,17 @@ class _MLPVelocity:
                 self.layers.append((F.linear, (layer.weight, layer.bias), {}))
             elif isinstance(layer, nn.GELU):
                 self.layers.append((F.gelu, (), {"approximate": layer.approximate}))
-            else:
+            elif isinstance(layer, nn.LayerNorm):
                 args = (layer.normalized_shape, layer.weight, layer.bias, layer.eps)
                 self.layers.append((F.layer_norm, args, {}))
+            else:  # a parameterless activation
+                self.layers.append((layer, (), {}))
 
     def __getattr__(self, name: str):
         return getattr(self.module, name)
 
     def __call__(self, obs: Tensor, a_t: Tensor, t: Tensor) -> Tensor:
-        emb = timestep_embedding(t.to(a_t.dtype), self.time_dim)
+        emb = self.embed_time(t.to(a_t.dtype))
         x = torch.cat([obs, a_t, emb], dim=-1)
         for fn, args, kwargs in self.layers:
             x = fn(x, *args, **kwargs)
@@ -157,8 +158,9 @@ def fast_velocity(velocity: VelocityFn) -> VelocityFn:
 # --------------------------------------------------------------------------- critic gradients
 
 
+# Layers whose input gradient the explicit backward pass knows; a critic with any other
+# (another activation) gets autograd.
 _ENSEMBLE_LAYERS = (EnsembleLinear, nn.GELU, EnsembleLayerNorm)
-_LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which EnsembleLayerNorm uses
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -222,7 +224,7 @@ class _EnsembleCriticGrad(CriticGrad):
             elif isinstance(layer, nn.GELU):
                 self.forward.append(("gelu", layer.approximate))
             else:
-                self.forward.append(("norm", [layer.dim], layer.weight, layer.bias))
+                self.forward.append(("norm", [layer.dim], layer.weight, layer.bias, layer.eps))
         # backward[e]: head e's layers in reverse as (kind, parameter view, extra).
         self.backward: list[list[tuple]] = []
         for e in range(self.heads):
@@ -251,10 +253,8 @@ class _EnsembleCriticGrad(CriticGrad):
                 saved.append((x,))
                 x = F.gelu(x, approximate=args[0])
             else:
-                shape, weight, bias = args
-                y, mean, rstd = torch.ops.aten.native_layer_norm(
-                    x, shape, None, None, _LAYER_NORM_EPS
-                )
+                shape, weight, bias, eps = args
+                y, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, None, None, eps)
                 saved.append((x, mean, rstd))
                 x = torch.addcmul(bias, y, weight)
         return x.squeeze(-1), saved

@@ -52,7 +52,7 @@ from core.checkpoints import (
 )
 from core.envs import EnvSnapshot
 from core.guidance import ESTIMATORS, DenoiseTrace
-from core.models import Critic, EnsembleLayerNorm, EnsembleLinear, VelocityField
+from core.models import Critic, VelocityField
 from viewer.manifold_view import CandidateDistances
 from viewer.session import (
     CHECKPOINT_ROOT,
@@ -330,35 +330,9 @@ class _Writer:
         return self._index("records", rec, encode)
 
 
-def _policy_architecture(policy: VelocityField) -> dict[str, Any]:
-    net = list(policy.mlp.net)
-    linear = [m for m in net if isinstance(m, nn.Linear)]
-    return {
-        "obs_dim": policy.obs_dim,
-        "env_action_dim": policy.env_action_dim,
-        "hidden": [m.out_features for m in linear[:-1]],
-        "horizon": policy.horizon,
-        "layer_norm": any(isinstance(m, nn.LayerNorm) for m in net),
-        "time_dim": policy.time_dim,
-    }
-
-
-def _critic_architecture(critic: Critic) -> dict[str, Any]:
-    net = list(critic.q_ensemble.net)
-    linear = [m for m in net if isinstance(m, EnsembleLinear)]
-    return {
-        "obs_dim": critic.obs_dim,
-        "action_dim": critic.action_dim,
-        "hidden": [int(m.weight.shape[-1]) for m in linear[:-1]],
-        "ensemble": critic.q_ensemble.ensemble,
-        "aggregate": critic.aggregate,
-        "layer_norm": any(isinstance(m, EnsembleLayerNorm) for m in net),
-    }
-
-
-_NETWORKS: dict[str, tuple[type[nn.Module], Callable[[Any], dict[str, Any]]]] = {
-    "policy": (VelocityField, _policy_architecture),
-    "critic": (Critic, _critic_architecture),
+_NETWORKS: dict[str, type[VelocityField] | type[Critic]] = {
+    "policy": VelocityField,
+    "critic": Critic,
 }
 
 
@@ -366,18 +340,18 @@ def _network(role: str, net: nn.Module, writer: _Writer) -> dict[str, Any]:
     """The document entry of one network (architecture, dtype, tensor names) and its
     weights into ``writer``. Only ``core.models`` classes can be rebuilt without running
     code from the file, so a subclass or another module is refused."""
-    cls, describe = _NETWORKS[role]
+    cls = _NETWORKS[role]
     if type(net) is not cls:
         raise TimelineError(
             f"the {role} is a {type(net).__module__}.{type(net).__name__}; a timeline embeds "
             f"core.models.{cls.__name__} networks only"
         )
-    architecture = describe(net)
+    architecture = net.architecture()
     state = net.state_dict()
     # The rebuilt network must have exactly these tensors (e.g. a value network of other
     # widths than the Q heads cannot be described by the constructor's arguments).
     with torch.device("meta"):
-        rebuilt = cls(**architecture).state_dict()
+        rebuilt = cls.from_architecture(architecture).state_dict()
     shapes = {k: tuple(t.shape) for k, t in state.items()}
     if shapes != {k: tuple(t.shape) for k, t in rebuilt.items()}:
         raise TimelineError(
@@ -679,7 +653,7 @@ class _Reader:
 
     def network(self, role: str) -> nn.Module:
         d = self.doc["networks"][role]
-        cls = _NETWORKS[role][0]
+        cls = _NETWORKS[role]
         if d["class"] != cls.__name__:
             raise TimelineError(f"the {role} is a {d['class']!r}, expected {cls.__name__!r}")
         dtype = getattr(torch, d["dtype"], None)
@@ -687,8 +661,11 @@ class _Reader:
             raise TimelineError(f"the {role} has an unknown dtype {d['dtype']!r}")
         # Built on the meta device and then given memory: no initialisation is computed (the
         # stored weights replace it) and torch's global random state is left as it was.
-        with torch.device("meta"):
-            net = cls(**d["architecture"])
+        try:
+            with torch.device("meta"):
+                net = cls.from_architecture(d["architecture"])
+        except (TypeError, ValueError) as e:
+            raise TimelineError(f"the {role}'s architecture cannot be built: {e}") from e
         net = net.to_empty(device="cpu").to(dtype)
         state = {k: torch.from_numpy(self.array(v)) for k, v in d["tensors"].items()}
         try:
