@@ -20,6 +20,7 @@ CORE_COMMANDS = {
     "eval": "core.commands.evaluate",
     "record": "core.commands.record",
     "diagnose": "core.commands.diagnose",
+    "import": "core.commands.import_agent",
 }
 # One-line help for `qgf --help`, so listing commands imports nothing heavy.
 SUMMARIES = {
@@ -30,6 +31,7 @@ SUMMARIES = {
     "record": "record rollout videos, one tiled panel per (weight, estimator)",
     "diagnose": "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data",
     "bench": "benchmarks: guidance, viewer, record (prints a table)",
+    "import": "import a QGF-release or FQL JAX agent (params_<step>.pkl) as a checkpoint",
 }
 
 

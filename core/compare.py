@@ -21,6 +21,11 @@ sample. The best-of-N row samples the N candidates unguided and executes the one
 Q; its time and FLOPs are those of all N. Every row starts from the same noise, so the
 differences between rows are the estimators' alone.
 
+A one-step policy (FQL's distilled policy, ``core.models.OneStepPolicy``), when given, adds
+the row ``one-step``: its action from the same noise, clipped as FQL acts. It does not
+denoise, so its "a_hat" at every step is that action and Q along denoising is flat; it has
+no gradient, so no noise sensitivity.
+
 GUI-free: the viewer's "Compare estimators" panel (``viewer/compare_view.py``) shows it, and a
 script can call it directly.
 """
@@ -29,18 +34,22 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity
+from core.diagnostics import NO_GRADIENT, count_flops, flops_per_action, noise_sensitivity
 from core.guidance import ESTIMATORS, DenoiseTrace, QFn, VelocityFn, guided_sample
 from core.manifold import DataManifold
 
+OneStepFn = Callable[[Tensor, Tensor], Tensor]
+
 BEST_OF = "best-of-N"
 """Label pattern of the best-of-N row (``best_of_label`` writes N out: ``best-of-8``)."""
+ONESTEP = "one-step"
+"""Label of a one-step policy's row."""
 
 DEFAULT_EPS = 0.05
 DEFAULT_PERTURBATIONS = 2
@@ -51,8 +60,9 @@ class CompareRow:
     """One estimator (or the best-of-N oracle) on the compared state.
 
     Attributes:
-        label: the estimator's name, or ``best-of-N`` with N written out (``best-of-8``).
-        estimator: the estimator sampled (``none`` for best-of-N).
+        label: the estimator's name, ``best-of-N`` with N written out (``best-of-8``), or
+            ``one-step``.
+        estimator: the estimator sampled (``none`` for best-of-N and one-step).
         best_of: the row executes the candidate of highest Q (best-of-N) rather than 0.
         trace: the ``DenoiseTrace`` of the N candidates (one row, ``B* = N``), on the CPU.
         executed: index in 0..N-1 of the executed candidate.
@@ -132,7 +142,8 @@ class Comparison:
     """Every estimator and best-of-N on one state from one noise.
 
     Attributes:
-        rows: one ``CompareRow`` per estimator, in registry order, then best-of-N.
+        rows: one ``CompareRow`` per estimator, in registry order, then best-of-N, then
+            the one-step policy's row when there is one.
         obs: ``[O]`` the state.
         noise: ``[N, A]`` the initial noise every row starts from.
         weight: guidance weight of every estimator row.
@@ -211,6 +222,7 @@ def compare_estimators(
     repeats: int = 3,
     clip: bool = True,
     flops: Mapping[str, float] | None = None,
+    onestep: OneStepFn | None = None,
 ) -> Comparison:
     """Run every estimator and best-of-N on one state from the same noise, and measure each.
 
@@ -230,6 +242,7 @@ def compare_estimators(
         flops: FLOPs per action by ``flops_per_action`` label, from an earlier comparison's
             ``Comparison.flops`` with the same networks, T and N (counting them costs more
             than the rest of the comparison, and they depend on nothing else); None counts.
+        onestep: a one-step policy ``(obs [B,O], noise [B,A]) -> [B,A]`` to add as a row.
 
     Returns:
         A ``Comparison`` whose rows hold CPU tensors.
@@ -301,6 +314,13 @@ def compare_estimators(
             )
         )
 
+    if onestep is not None:
+        plans.append((ONESTEP, "none", False, 0.0, a0[:1], ONESTEP))
+        traces.append(_onestep_trace(onestep, q, o, a0, steps, clip))
+        times.append(_median_ms(lambda: _onestep_act(onestep, o, a0[:1], clip), repeats, device))
+        if ONESTEP not in flops:
+            flops = {**flops, ONESTEP: count_flops(lambda: _onestep_act(onestep, o, a0[:1], clip))}
+
     # Q along denoising of every row in one critic call: [rows, T, N, A] -> [rows, T, N].
     a_hats = torch.stack([trace.a_hat for trace in traces])
     with torch.no_grad():
@@ -340,4 +360,37 @@ def compare_estimators(
         perturbations=perturbations,
         flops=dict(flops),
         seconds=time.perf_counter() - t_start,
+    )
+
+
+def _onestep_act(onestep: OneStepFn, o: Tensor, noise: Tensor, clip: bool) -> Tensor:
+    with torch.no_grad():
+        a = onestep(o.expand(noise.shape[0], -1), noise)
+    return a.clamp(-1.0, 1.0) if clip else a
+
+
+def _onestep_trace(
+    onestep: OneStepFn, q: QFn, o: Tensor, noise: Tensor, steps: int, clip: bool
+) -> DenoiseTrace:
+    """A one-step policy's actions from ``noise [N, A]`` as a trace of ``steps`` steps that
+    stands still at its action (it does not denoise), so it plots and draws like the rest."""
+    final = _onestep_act(onestep, o, noise, clip)
+    n = final.shape[0]
+    with torch.no_grad():
+        q_final = q(o.expand(n, -1), final)
+    still = final.expand(steps, -1, -1)
+    return DenoiseTrace(
+        actions=final[:1],
+        a_t=torch.cat([noise[None], still]),
+        a_hat=still.clone(),
+        grad=torch.zeros_like(still),
+        q_hat=q_final.expand(steps, -1).clone(),
+        q_final=q_final,
+        chosen=torch.zeros(1, dtype=torch.long, device=final.device),
+        nonfinite=~(final.isfinite().all(dim=-1) & q_final.isfinite()),
+        weight=torch.zeros(n, dtype=final.dtype, device=final.device),
+        estimator="none",
+        steps=steps,
+        best_of=n,
+        clip=clip,
     )

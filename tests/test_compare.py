@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.compare import Comparison, best_of_label, compare_estimators
+from core.compare import ONESTEP, Comparison, best_of_label, compare_estimators
 from core.diagnostics import flops_per_action, gradient_estimators, noise_sensitivity
 from core.guidance import ESTIMATOR_DOCS, ESTIMATORS, guided_sample, register_estimator
 from core.manifold import DataManifold
-from core.models import Critic, VelocityField
+from core.models import Critic, OneStepPolicy, VelocityField
 
 OBS, ACT, T, N = 6, 3, 4, 5
 WEIGHT = 0.5
@@ -203,3 +203,31 @@ def test_on_cuda_matches_the_cpu(nets, state):
         assert b.trace.a_t.device.type == "cpu"
         torch.testing.assert_close(a.q_denoise, b.q_denoise, rtol=1e-4, atol=1e-4)
         assert a.flops_per_action == b.flops_per_action
+
+
+def test_a_one_step_policy_is_one_more_row_from_the_same_noise(nets, manifold, state):
+    obs, noise = state
+    torch.manual_seed(5)
+    onestep = OneStepPolicy(OBS, ACT, hidden=(16, 16)).eval().requires_grad_(False)
+    c = compare_estimators(
+        *nets, obs, noise, weight=WEIGHT, steps=T, manifold=manifold, repeats=1, onestep=onestep
+    )
+    assert c.labels == [*ESTIMATORS, best_of_label(N), ONESTEP]
+    row = c.row(ONESTEP)
+    with torch.no_grad():
+        action = onestep(obs.expand(N, -1), noise).clamp(-1, 1)
+        q = nets[1](obs.expand(N, -1), action)
+    torch.testing.assert_close(row.final, action)
+    torch.testing.assert_close(row.trace.q_final, q)
+    assert row.q_executed == pytest.approx(float(q[0]))
+    # No denoising: the action at every step, a flat Q curve, no gradient to probe.
+    assert row.a_hat.shape == (T, N, ACT) and torch.equal(row.a_hat[0], row.a_hat[-1])
+    torch.testing.assert_close(row.q_denoise, q.expand(T + 1, -1))
+    assert row.cosine is None and math.isnan(row.sensitivity)
+    expect = manifold.query(obs.expand(N, -1), action)
+    torch.testing.assert_close(row.distance, expect.distance)
+    assert row.flops_per_action > 0 and row.ms_per_action > 0
+    # The other rows are those of a comparison without it.
+    plain = compare_estimators(*nets, obs, noise, weight=WEIGHT, steps=T, repeats=1)
+    for label in plain.labels:
+        torch.testing.assert_close(c.row(label).final, plain.row(label).final)
