@@ -14,7 +14,9 @@ global in the file                         what it becomes here
 ``numpy.dtype``                            numeric and bool dtypes only
 ``numpy.core.multiarray.scalar``           a numpy scalar of such a dtype
 ``numpy.ndarray``                          itself, as the type argument of the above
-``_codecs.encode``                         latin-1 bytes (protocol 2 writes bytes so)
+``numpy.core.numeric._frombuffer``         a numpy array (protocol 5's in-band arrays)
+``_codecs.encode``, ``builtins.bytes``      latin-1 bytes, and ``b""`` (protocol 2 writes
+                                           bytes so)
 ``collections.OrderedDict``                ``dict``
 =========================================  ================================================
 
@@ -119,10 +121,36 @@ def _set_array_state(array: np.ndarray, state: Any) -> None:
         raise UnsafePickleError(f"refused array state: {e}") from e
 
 
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    # Protocol 5 writes arrays as numpy's _frombuffer(bytes, dtype, shape, order).
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError("refused _frombuffer: its dtype is not a dtype")
+    _check_dtype(dtype)
+    if not isinstance(buffer, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        raise UnsafePickleError("refused _frombuffer: its data is not a buffer")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"refused _frombuffer: bad shape {shape!r}")
+    data = bytes(memoryview(buffer))
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if expected != len(data):
+        raise UnsafePickleError(
+            f"array of shape {list(shape)} and dtype {dtype} needs {expected} bytes, "
+            f"the file holds {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if order == "F" else "C")
+
+
 def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError("refused _codecs.encode other than of a string to latin-1")
     return text.encode("latin1")
+
+
+def _bytes(*args: Any) -> bytes:
+    # Protocol 2 writes b"" as bytes(); bytes(n) would allocate n bytes, so only that form.
+    if args:
+        raise UnsafePickleError("refused bytes(...) with arguments")
+    return b""
 
 
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
@@ -131,9 +159,12 @@ _ADMITTED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy", "ndarray"): _Array,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _bytes,
+    ("builtins", "bytes"): _bytes,
     ("collections", "OrderedDict"): dict,
     **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_MODULES},
     **{(m, "scalar"): _scalar for m in _NUMPY_MODULES},
+    **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
 }
 
 
