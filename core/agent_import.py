@@ -738,3 +738,50 @@ def import_agent(
     }
     save_checkpoint(out, config, policy, critic, target_critic, sample, onestep=onestep)
     return ImportReport(params_file, Path(out), config, notes)
+
+
+def is_agent_source(path: str | Path) -> bool:
+    """Whether ``path`` is something to import (a ``.pkl``, or a run directory with a
+    ``params_<step>.pkl`` and no checkpoint config) rather than a checkpoint directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix == ".pkl"
+    return (
+        path.is_dir()
+        and not (path / "config.json").exists()
+        and any(PARAMS_FILE.match(p.name) for p in path.iterdir())
+    )
+
+
+def default_cache_dir() -> Path:
+    """Where imports made on the fly are kept: ``$XDG_CACHE_HOME/qgf/imports``."""
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "qgf" / "imports"
+
+
+def cached_import(
+    src: str | Path,
+    env: str | None = None,
+    options: ImportOptions | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[Path, list[str]]:
+    """Import ``src`` into a cache directory keyed by the file's sha256, the env and the
+    options, or reuse the import made before: ``(checkpoint, notes)``."""
+    import hashlib
+
+    from core.checkpoints import read_config
+
+    options = options or ImportOptions()
+    params_file, _ = find_params_file(src)
+    key = json.dumps([sha256_file(params_file), env, options.__dict__], sort_keys=True)
+    out = Path(cache_dir or default_cache_dir()) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if out.is_dir():
+        try:
+            read_config(out)
+            return out, [f"using the import of {params_file} cached in {out}"]
+        except CheckpointError:
+            pass  # a damaged cache entry is made again
+    report = import_agent(src, out, env, options)
+    return out, [*report.notes, f"imported {report.source} into {out}"]

@@ -251,3 +251,40 @@ def test_imported_checkpoints_refuse_tampering(imported, tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="norm_position"):
         read_config(out)
+
+
+def test_view_imports_on_the_fly_into_a_cache(tmp_path):
+    from core.agent_import import cached_import, is_agent_source
+
+    src = FIXTURES / "fql" / "params_5.pkl"
+    assert is_agent_source(src) and is_agent_source(src.parent)
+    assert not is_agent_source(Path(__file__).parent.parent / "checkpoints" / "cube-single-task2")
+    first, notes = cached_import(src, ENV, cache_dir=tmp_path)
+    assert read_config(first).source["sha256"] == sha256_file(src)
+    again, notes = cached_import(src, ENV, cache_dir=tmp_path)
+    assert again == first and "cached" in notes[0]
+    other, _ = cached_import(src, ENV, ImportOptions(q_agg="min"), cache_dir=tmp_path)
+    assert other != first and read_config(other).q_aggregate == "min"
+
+
+def test_a_session_plays_an_imported_fql_agent_and_keeps_it_in_a_timeline(imported, tmp_path):
+    from viewer.session import Session, Settings
+
+    settings = Settings(env_name=ENV, steps=4, candidates=3, weight=0.03)
+    s = Session(imported["fql"], settings=settings)
+    try:
+        assert s.onestep is not None and not s.critic.has_value
+        for _ in range(3):
+            s.step()
+        assert np.isnan(s.current.v)  # V is unavailable, never invented
+        assert np.isfinite(s.current.q)
+        opened = Session.from_timeline(s.save_timeline(tmp_path / "fql.timeline.safetensors"))
+        try:
+            assert opened.config.onestep_policy and opened.onestep is not None
+            assert opened.critic.aggregate == "mean" and not opened.critic.has_value
+            assert opened.policy.time_embedding == "raw"
+            assert opened.replay().exact
+        finally:
+            opened.close()
+    finally:
+        s.close()

@@ -1237,15 +1237,19 @@ class ViewerApp:
             + f"   return {session.episode_return:.1f}   "
             + ("SUCCESS" if session.success else "done" if session.done else ""),
         )
+        # An agent without a V network (FQL) has NaN for V: say so, never draw a number.
+        has_v = session.critic is None or session.critic.has_value
+        v_text = f"{rec.v:.3f}" if has_v else "n/a (no V network)"
         dpg.set_value(
             t["values"],
-            f"Q(s,a) = {rec.q:.3f}   V(s) = {rec.v:.3f}   chunk {rec.chunk_step + 1}/"
+            f"Q(s,a) = {rec.q:.3f}   V(s) = {v_text}   chunk {rec.chunk_step + 1}/"
             f"{rec.sample.horizon}",
         )
         curves = session.episode_curves()
         x = curves["step"].tolist()
         dpg.set_value(t["ep_q"], [x, curves["q"].tolist()])
-        dpg.set_value(t["ep_v"], [x, curves["v"].tolist()])
+        dpg.set_value(t["ep_v"], [x, curves["v"].tolist()] if has_v else [[], []])
+        dpg.configure_item(t["ep_v"], label="V(s)" if has_v else "V(s): unavailable")
         dpg.set_value(t["ep_r"], [x, curves["reward"].tolist()])
         hit = curves["success"] > 0
         dpg.set_value(

@@ -16,9 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         nargs="?",
-        help="checkpoint directory (default: the shipped default; random weights if none)",
+        help="checkpoint directory (default: the shipped default; random weights if none), "
+        "or a QGF-release / FQL params_<step>.pkl or run directory, imported on the fly "
+        "(see `qgf import`)",
     )
-    parser.add_argument("--env", help="OGBench env/task name (default: the checkpoint's env)")
+    parser.add_argument(
+        "--env",
+        help="OGBench env/task name (default: the checkpoint's env; for a .pkl, its run's "
+        "flags.json)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
     parser.add_argument(
         "--threads",
@@ -137,6 +143,18 @@ def run(args: argparse.Namespace) -> int:
             settings = replace(settings, **{name: value})
     settings.validate()
     checkpoint = args.checkpoint
+    if checkpoint is not None:
+        from core.agent_import import cached_import, is_agent_source
+        from core.checkpoints import CheckpointError
+
+        if is_agent_source(checkpoint):
+            try:
+                checkpoint, notes = cached_import(checkpoint, args.env)
+            except CheckpointError as e:
+                print(f"qgf view: cannot import {args.checkpoint}: {e}", file=sys.stderr)
+                return 2
+            for note in notes:
+                print(f"qgf view: note: {note}", file=sys.stderr)
     if checkpoint is None and not args.random_weights:
         checkpoint = default_checkpoint()
         if checkpoint is None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from core import envs
-from core.compare import CompareRow, Comparison, compare_estimators
+from core.compare import ONESTEP, CompareRow, Comparison, compare_estimators
 from core.recording import step_noise
 from core.render import Overlay, Polyline, scene_rgba
 
@@ -56,6 +56,7 @@ ROW_RGBA = (
     (0.60, 1.00, 0.78, 1.0),  # mint
 )
 BEST_OF_RGBA = (1.00, 0.42, 0.68, 1.0)  # pink
+ONESTEP_RGBA = (1.00, 0.80, 0.20, 1.0)  # gold: an imported FQL agent's one-step policy
 _EXECUTED_WIDTH = 0.0045
 _CANDIDATE_WIDTH = 0.0018
 _RAY_WIDTH = 0.0012
@@ -73,6 +74,8 @@ def row_rgba(comparison: Comparison, i: int) -> tuple[float, float, float, float
     """The colour of row ``i`` (table, plot and scene)."""
     if comparison.rows[i].best_of:
         return BEST_OF_RGBA
+    if comparison.rows[i].label == ONESTEP:
+        return ONESTEP_RGBA
     return ROW_RGBA[i % len(ROW_RGBA)]
 
 
@@ -182,6 +185,7 @@ def compare_step(
         manifold=manifold,
         seed=s.seed,
         flops=flops,
+        onestep=session.onestep,
     )
     start = envs.effector_state_at(session.env, rec.snapshot)
     t, n = s.steps, s.candidates
@@ -327,6 +331,8 @@ class CompareView:
         if result is None:
             raise RuntimeError("nothing compared yet")
         row = result.comparison.row(label)
+        if row.label == ONESTEP:
+            raise ValueError("the one-step policy is shown for comparison; it cannot act here")
         s = result.settings
         self.app.select_estimator(
             row.estimator,
@@ -530,10 +536,13 @@ class CompareView:
                 for name in _COLUMNS[1:-1]:
                     colored = {"color": color} if name == "estimator" else {}
                     tags[name] = dpg.add_text(text[name], **colored)
-                self.use_tags[row.label] = dpg.add_button(
-                    label="use", small=True,
-                    callback=self.app.callback("use", lambda *_, lb=row.label: self.use(lb)),
-                )  # fmt: skip
+                if row.label == ONESTEP:  # a policy of its own, not a sampler setting
+                    dpg.add_text(_NA)
+                else:
+                    self.use_tags[row.label] = dpg.add_button(
+                        label="use", small=True,
+                        callback=self.app.callback("use", lambda *_, lb=row.label: self.use(lb)),
+                    )  # fmt: skip
             self.cell_tags[row.label] = tags
 
         dpg.delete_item(t["y"], children_only=True)
@@ -562,4 +571,7 @@ class CompareView:
         self._acting = acting
         for label, tags in self.cell_tags.items():
             dpg.set_value(tags["mark"], "\u25b6" if label == acting else "")
-            dpg.configure_item(self.use_tags[label], label="acting" if label == acting else "use")
+            if label in self.use_tags:
+                dpg.configure_item(
+                    self.use_tags[label], label="acting" if label == acting else "use"
+                )

@@ -58,7 +58,7 @@ import torch
 
 from core import envs
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
-from core.models import Critic, VelocityField
+from core.models import Critic, OneStepPolicy, VelocityField
 from core.recording import step_noise
 from core.render import Overlay, Polyline, scene_rgba
 from viewer.manifold_view import CandidateDistances
@@ -400,6 +400,8 @@ class Session:
         self.env = None
         self.policy: VelocityField | None = None
         self.critic: Critic | None = None
+        # An imported FQL agent's one-step policy (a row of the comparison), or None.
+        self.onestep: OneStepPolicy | None = None
         self.config = None
         self.checkpoint_path: Path | None = None
         # The episode's lines of play; the active one is the one played, shown and plotted.
@@ -699,6 +701,7 @@ class Session:
             self.env,
             self.policy,
             self.critic,
+            self.onestep,
             self.config,
             self.checkpoint_path,
             self.settings,
@@ -710,6 +713,7 @@ class Session:
                 self.env,
                 self.policy,
                 self.critic,
+                self.onestep,
                 self.config,
                 self.checkpoint_path,
                 self.settings,
@@ -793,7 +797,7 @@ class Session:
         self.env = env
         self.settings = timeline.settings
         self.config, self.checkpoint_path = timeline.config, timeline.checkpoint_path
-        self._install(policy, timeline.critic)
+        self._install(policy, timeline.critic, self._onestep_of(timeline.checkpoint_path))
         self._label = installed_label(timeline)
         self.branches = timeline.branches
         self.active, self.viewing = timeline.active, timeline.viewing
@@ -882,6 +886,9 @@ class Session:
         )
 
     def _value(self, obs: np.ndarray) -> float:
+        """V(s), or NaN for a critic without a V network (shown as unavailable)."""
+        if not self.critic.has_value:
+            return float("nan")
         with torch.no_grad():
             o = torch.as_tensor(obs, dtype=torch.float32, device=self._device())[None]
             return float(self.critic.v(o)[0])
@@ -924,8 +931,8 @@ class Session:
             noise=noise.repeat(rows, 1).to(device),
             best_of=n,
         )
+        v = self._value(obs)
         with torch.no_grad():
-            v = float(self.critic.v(o)[0])
             # Q at every a_hat and at the final action, the same quantity for both rows
             # whatever the estimator (each estimator's own q_hat is Q where it took its
             # gradient: at a_t for ood, at ODE(a_t) for qgf_chain).
@@ -994,7 +1001,7 @@ class Session:
         self.config = None
         self.checkpoint_path = None
         self.settings = replace(self.settings, env_name=env_name)
-        self.policy = None
+        self.policy, self.onestep = None, None
         self._switch_env(env_name)
 
     def _random_networks(self, obs_dim: int, act_dim: int) -> None:
@@ -1015,20 +1022,34 @@ class Session:
         self._install(policy, critic)
         self._label = RANDOM_LABEL
 
-    def _install(self, policy: VelocityField, critic: Critic) -> None:
+    def _install(
+        self, policy: VelocityField, critic: Critic, onestep: OneStepPolicy | None = None
+    ) -> None:
         device = torch.device(self.settings.device)
-        for net in (policy, critic):
-            net.to(device).eval().requires_grad_(False)
-        self.policy, self.critic = policy, critic
+        for net in (policy, critic, onestep):
+            if net is not None:
+                net.to(device).eval().requires_grad_(False)
+        self.policy, self.critic, self.onestep = policy, critic, onestep
+
+    def _onestep_of(self, checkpoint: Path | None) -> OneStepPolicy | None:
+        """The one-step policy of a local checkpoint that has one (a timeline embeds the
+        policy and the critic only)."""
+        if checkpoint is None or self.config is None or not self.config.onestep_policy:
+            return None
+        from core.checkpoints import load_agent
+
+        return load_agent(checkpoint, self.settings.device).onestep
 
     def _to_device(self, device: str) -> None:
-        for net in (self.policy, self.critic):
-            net.to(torch.device(device))
+        for net in (self.policy, self.critic, self.onestep):
+            if net is not None:
+                net.to(torch.device(device))
 
     def _load(self, path: Path, env_name: str | None) -> None:
-        from core.checkpoints import check_env_dims, load_checkpoint
+        from core.checkpoints import check_env_dims, load_agent
 
-        policy, critic, config = load_checkpoint(path, self.settings.device)
+        agent = load_agent(path, self.settings.device)
+        policy, critic, config = agent.policy, agent.critic, agent.config
         name = env_name or config.env
         env = envs.make_env(name, seed=self.settings.seed)
         try:
@@ -1043,7 +1064,7 @@ class Session:
         self.config = config
         self.checkpoint_path = path.resolve()
         self.settings = replace(self.settings, env_name=name)
-        self.policy, self.critic = policy, critic
+        self.policy, self.critic, self.onestep = policy, critic, agent.onestep
 
     def timeline_nbytes(self) -> int:
         """Bytes of the arrays and tensors held by the episode's records (every branch's
