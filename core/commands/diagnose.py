@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data (PNG + JSON)"
 
@@ -50,10 +51,23 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from core.checkpoints import CheckpointError, NoDatasetSample, load_dataset_sample
     from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        load_dataset_sample(args.checkpoint)
+    except NoDatasetSample as e:
+        print(
+            f"qgf diagnose: {e}. The analyses run on states drawn from the checkpoint's dataset "
+            "sample: import it again with --data DATASET.npz",
+            file=sys.stderr,
+        )
+        return 2
+    except CheckpointError as e:
+        print(f"qgf diagnose: {e}", file=sys.stderr)
+        return 2
     report = diagnose_checkpoint(
         args.checkpoint,
         states=args.states,

@@ -242,10 +242,14 @@ def run(args: argparse.Namespace) -> int:
         label += ", random weights"
     off_manifold = None
     if path is not None and settings.layers.off_manifold:
+        from core.checkpoints import NoDatasetSample
         from core.manifold import DataManifold
 
         # Calibrated on the checkpoint's own dataset sample, as the other tools do.
-        off_manifold = DataManifold.from_checkpoint(path, device=device).off_manifold
+        try:
+            off_manifold = DataManifold.from_checkpoint(path, device=device).off_manifold
+        except NoDatasetSample as err:
+            print(f"qgf record: note: {err}; no off-manifold marks", file=sys.stderr)
     try:
         # The command holds the writer itself, to say where an interrupted recording went.
         with Recording(
