@@ -14,6 +14,7 @@ from core.checkpoints import (
     CheckpointConfig,
     CheckpointError,
     DatasetSample,
+    load_agent,
     load_checkpoint,
     load_dataset_sample,
     load_state,
@@ -232,3 +233,73 @@ def test_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path):
         save_checkpoint(target, config, p, c, c, sample)
     assert (target / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == ["important"]
+
+
+def test_format_1_checkpoints_read_with_the_recipe_they_had(tmp_path):
+    """The shipped checkpoints are format 1: they read, with every later switch at the
+    value format 1 meant; saved again, a checkpoint is format 2."""
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "cube-single-task2"
+    raw = json.loads((shipped / "config.json").read_text())
+    assert raw["format_version"] == 1 and "norm_position" not in raw
+    agent = load_agent(shipped)
+    c = agent.config
+    assert (c.activation, c.norm_position, c.layer_norm_eps) == ("gelu", "after_activation", 1e-5)
+    assert c.time_embedding == "sinusoidal" and c.policy_norm_last_hidden
+    assert c.value_network and not c.onestep_policy and c.q_aggregate == "min"
+    assert agent.critic.has_value and agent.onestep is None and agent.critic.aggregate == "min"
+    write(tmp_path / "ck")
+    assert read_config(tmp_path / "ck").format_version == 2
+
+
+def test_format_2_switches_round_trip_with_a_one_step_policy(tmp_path):
+    overrides = dict(
+        activation="gelu_tanh",
+        norm_position="before_activation",
+        layer_norm_eps=1e-6,
+        policy_norm_last_hidden=False,
+        time_embedding="raw",
+        time_dim=1,
+        critic_hidden=[12, 12, 12],
+        critic_layer_norm=True,
+        layer_norm=False,
+        value_network=False,
+        onestep_policy=True,
+        q_aggregate="mean",
+        source={"format": "test"},
+    )
+    torch.manual_seed(0)
+    config = make_config(**overrides)
+    policy, critic, onestep = config.build_policy(), config.build_critic(), config.build_onestep()
+    sample = DatasetSample(np.zeros((3, 7), np.float32), np.zeros((3, 5), np.float32))
+    save_checkpoint(tmp_path / "ck", config, policy, critic, critic, sample, onestep=onestep)
+    agent = load_agent(tmp_path / "ck")
+    assert agent.config.source == {"format": "test"} and agent.critic.aggregate == "mean"
+    assert not agent.critic.has_value and agent.policy.time_embedding == "raw"
+    obs, a = torch.randn(4, 7), torch.randn(4, 5)
+    t = torch.rand(4)
+    with torch.no_grad():
+        assert torch.equal(agent.policy(obs, a, t), policy(obs, a, t))
+        assert torch.equal(agent.critic(obs, a), critic(obs, a))
+        assert torch.equal(agent.onestep(obs, a), onestep(obs, a))
+    with pytest.raises(ValueError, match="one-step"):
+        save_checkpoint(tmp_path / "x", config, policy, critic, critic, sample)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("format_version", 3, "format_version 3"),
+        ("activation", "tanh", "activation"),
+        ("q_aggregate", "max", "q_aggregate"),
+        ("hidden", [16, "x"], "hidden"),
+        ("time_embedding", "raw", "raw time needs time_dim 1"),
+    ],
+)
+def test_bad_config_fields_are_named(tmp_path, field, value, message):
+    write(tmp_path / "ck")
+    path = tmp_path / "ck" / "config.json"
+    config = json.loads(path.read_text())
+    config[field] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        read_config(tmp_path / "ck")

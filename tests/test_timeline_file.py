@@ -541,3 +541,35 @@ def test_qgf_view_open_refuses_a_bad_file_before_any_window(tmp_path, capsys):
     assert "cannot open the timeline" in err and "truncated" in err
     assert run(cli_args(open=str(bad), weight=0.1, frames=1)) == 2
     assert "drop --weight" in capsys.readouterr().err
+
+
+def test_a_file_from_before_the_architecture_switches_opens_with_their_defaults(saved, tmp_path):
+    """Timelines written before ``MLPStyle``, raw time, optional V and the Q aggregation
+    switch existed describe networks without those keys: they read as the recipe they had."""
+    import json
+
+    from safetensors import safe_open
+
+    from viewer.timeline_file import _digest
+
+    with safe_open(str(saved), framework="numpy") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    doc = json.loads(meta["document"])
+    new_keys = {"style", "norm_last_hidden", "time_embedding", "value"}
+    for entry in doc["networks"].values():
+        entry["architecture"] = {
+            k: v for k, v in entry["architecture"].items() if k not in new_keys
+        }
+    document = json.dumps(doc, separators=(",", ":"))
+    path = tmp_path / "old.safetensors"
+    save_file(
+        tensors,
+        str(path),
+        metadata=meta | {"document": document, "sha256": _digest(document, tensors)},
+    )
+    old, new = read_timeline(path), read_timeline(saved)
+    for role in ("policy", "critic"):
+        a, b = getattr(old, role), getattr(new, role)
+        assert a.architecture() == b.architecture()
+        assert_same(dict(a.state_dict()), dict(b.state_dict()), role)
