@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity, q_optimisation
-from core.guidance import ESTIMATORS, QFn, VelocityFn
+from core.guidance import ESTIMATORS, QFn, VelocityFn, euler
 from core.manifold import DataManifold
 
 ORACLE = "best_of_n"
@@ -106,16 +106,20 @@ class DiagnoseReport:
 
     Attributes:
         checkpoint, env: where the networks came from.
-        rows: ``[S]`` rows of the dataset sample whose states were used.
+        rows: ``[S]`` rows of the dataset sample whose states were used (empty when the
+            states came from the env, ``state_source``).
         weight, steps, best_of, eps, seed, perturbations: the settings.
         horizon: the policy's chunk length.
-        manifold: the manifold's settings and threshold.
+        manifold: the manifold's settings and threshold, or ``{"available": False, "why"}``
+            when the checkpoint has no dataset sample.
         results: one ``EstimatorResult`` per estimator, then the oracle, then the data.
         oracle_q_by_n: ``[N]`` mean over states of the best Q among the first n candidates.
         sweep: one row per (weight, guided estimator): Q gap to the oracle, distance to the
             data, off-manifold share (``_sweep_row``); the report's weight is among them.
         flops_unguided: FLOPs of one unguided action (the cost unit of Fig. 6-7).
         wall_time_s: total time.
+        state_source: where the states came from: the dataset sample, or (without one) the
+            env, visited by the unguided policy (``rollout_states``).
     """
 
     checkpoint: str
@@ -134,6 +138,12 @@ class DiagnoseReport:
     sweep: list[dict] = field(default_factory=list)
     flops_unguided: float | None = None
     wall_time_s: float = 0.0
+    state_source: str = "dataset sample"
+
+    @property
+    def states(self) -> int:
+        """S, the number of states diagnosed."""
+        return len(self.results[0].q_final)
 
     def result(self, name: str) -> EstimatorResult:
         for r in self.results:
@@ -156,12 +166,19 @@ class DiagnoseReport:
             r.name: {
                 "q_final": r.q_final.tolist(),
                 "distance": r.distance.tolist(),
-                "off_manifold": r.off_manifold.astype(bool).tolist(),
+                "off_manifold": _flags(r.off_manifold),
                 "distance_to_oracle": r.distance_to_oracle.tolist(),
             }
             for r in self.results
         }
         return head
+
+
+def _flags(off: np.ndarray) -> list:
+    """Off-manifold flags for JSON: None where unknown (no dataset sample), never False."""
+    if off.dtype == bool:
+        return off.tolist()
+    return [None if np.isnan(v) else bool(v) for v in off]
 
 
 def initial_noise(states: int, candidates: int, width: int, seed: int, dtype) -> Tensor:
@@ -199,7 +216,7 @@ def _data_q(critic: QFn, obs: Tensor, data_actions: Tensor | None, width: int) -
 def estimator_analyses(
     policy: VelocityFn,
     critic: QFn,
-    manifold: DataManifold,
+    manifold: DataManifold | None,
     obs: Tensor,
     *,
     estimators: Sequence[str],
@@ -217,7 +234,8 @@ def estimator_analyses(
 
     Args:
         policy, critic: the velocity field (with ``.action_dim``) and the aggregated critic.
-        manifold: distance to the data.
+        manifold: distance to the data; None (no dataset sample) leaves distances and
+            off-manifold flags NaN: unavailable, never guessed.
         obs: ``[S, O]`` states.
         estimators: names in ``ESTIMATORS``.
         weight: guidance weight for every estimator.
@@ -250,13 +268,20 @@ def estimator_analyses(
     # distance per env action, as the manifold does: ||a - b|| / sqrt(H).
     per_env_action = math.sqrt(env_dim)
 
-    def measure(name: str, actions: Tensor, q: Tensor, to_oracle: Tensor, nonfinite: int):
+    def to_data(actions: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if manifold is None:
+            unknown = np.full(n_states, np.nan)
+            return unknown, unknown.copy()
         found = manifold.query(obs, actions.to(obs.device))
+        return found.distance.double().cpu().numpy(), found.off_manifold.cpu().numpy()
+
+    def measure(name: str, actions: Tensor, q: Tensor, to_oracle: Tensor, nonfinite: int):
+        distance, off = to_data(actions)
         return EstimatorResult(
             name=name,
             q_final=q.double().cpu().numpy(),
-            distance=found.distance.double().cpu().numpy(),
-            off_manifold=found.off_manifold.cpu().numpy(),
+            distance=distance,
+            off_manifold=off,
             distance_to_oracle=to_oracle.double().cpu().numpy(),
             nonfinite=nonfinite,
         )
@@ -283,13 +308,13 @@ def estimator_analyses(
     if data_actions is not None:
         compared = min(width, data_actions.shape[1])
         gap = data_actions[:, :compared].double().cpu() - opt.oracle_actions[:, :compared]
-        found = manifold.query(obs, data_actions)
+        distance, off = to_data(data_actions)
         results.append(
             EstimatorResult(
                 name=DATA,
                 q_final=_data_q(critic, obs, data_actions, width),
-                distance=found.distance.double().cpu().numpy(),
-                off_manifold=found.off_manifold.cpu().numpy(),
+                distance=distance,
+                off_manifold=off,
                 distance_to_oracle=(
                     torch.linalg.vector_norm(gap, dim=-1) / math.sqrt(compared // env_dim)
                 ).numpy(),
@@ -325,7 +350,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _title(report: DiagnoseReport) -> str:
     return (
-        f"{report.env}: {len(report.rows)} states, w = {report.weight:g}, T = {report.steps}, "
+        f"{report.env}: {report.states} states, w = {report.weight:g}, T = {report.steps}, "
         f"best-of-{report.best_of} oracle"
     )
 
@@ -416,10 +441,12 @@ def figure_distance(report: DiagnoseReport) -> Figure:
     names = [r.name for r in report.results]
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax_o, ax_d = fig.subplots(1, 2)
-    for ax, key, label in (
-        (ax_o, "distance_to_oracle", "distance to the best-of-N action"),
-        (ax_d, "distance", "distance to the data (nearest dataset action)"),
-    ):
+    panels = [(ax_o, "distance_to_oracle", "distance to the best-of-N action")]
+    if report.manifold.get("available", True):
+        panels.append((ax_d, "distance", "distance to the data (nearest dataset action)"))
+    else:
+        _unavailable(ax_d)
+    for ax, key, label in panels:
         rows = [r for r in report.results if not (key == "distance_to_oracle" and r.name == ORACLE)]
         parts = ax.boxplot(
             [getattr(r, key) for r in rows],
@@ -441,6 +468,10 @@ def figure_distance(report: DiagnoseReport) -> Figure:
         ax.set_xticks(np.arange(1, len(rows) + 1), [r.name for r in rows], rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
+    ax_o.set_title("distance to the oracle's action", fontsize=10, pad=14)
+    fig.suptitle(_title(report), fontsize=9)
+    if not report.manifold.get("available", True):
+        return fig
     threshold = report.manifold["threshold"]
     ax_d.axhline(threshold, color="red", ls="--", label=f"off-manifold threshold {threshold:.3g}")
     top = ax_d.get_ylim()[1]
@@ -448,10 +479,17 @@ def figure_distance(report: DiagnoseReport) -> Figure:
         frac = report.result(name).summary()["off_manifold_fraction"]
         ax_d.text(i + 1, top, f"{100 * frac:.0f}%", ha="center", va="bottom", fontsize=8)
     ax_d.set_title("distance to data (% above threshold on top)", fontsize=10, pad=14)
-    ax_o.set_title("distance to the oracle's action", fontsize=10, pad=14)
     ax_d.legend(fontsize=8, loc="upper left")
-    fig.suptitle(_title(report), fontsize=9)
     return fig
+
+
+def _unavailable(ax) -> None:
+    """An axis that says the distance to the data is unavailable, and how to have it."""
+    ax.text(0.5, 0.5, "distance to the data:\nunavailable\n\n(no dataset sample;\n"
+            "qgf import --data adds one)", ha="center", va="center", fontsize=9,
+            transform=ax.transAxes)  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def figure_weights(report: DiagnoseReport) -> Figure:
@@ -465,7 +503,11 @@ def figure_weights(report: DiagnoseReport) -> Figure:
         ("distance", "distance to the data, mean"),
         ("off_manifold_fraction", "share of actions off the manifold (%)"),
     )
+    available = report.manifold.get("available", True)
     for ax, (key, label) in zip(axes, panels, strict=True):
+        if key != "q_minus_oracle" and not available:
+            _unavailable(ax)
+            continue
         for name in names:
             rows = sorted((r for r in report.sweep if r["estimator"] == name), key=_weight)
             y = [r[key] if key == "off_manifold_fraction" else r[key]["mean"] for r in rows]
@@ -495,13 +537,14 @@ def figure_weights(report: DiagnoseReport) -> Figure:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    axes[2].legend(
-        [line for line in axes[2].get_lines() if line.get_linestyle() == ":"],
-        [line.get_label() for line in axes[2].get_lines() if line.get_linestyle() == ":"],
-        fontsize=7,
-    )
+    if available:
+        axes[2].legend(
+            [line for line in axes[2].get_lines() if line.get_linestyle() == ":"],
+            [line.get_label() for line in axes[2].get_lines() if line.get_linestyle() == ":"],
+            fontsize=7,
+        )
     fig.suptitle(
-        f"{report.env}: {len(report.rows)} states, same noise at every weight "
+        f"{report.env}: {report.states} states, same noise at every weight "
         f"(grey line: the report's w = {report.weight:g})",
         fontsize=9,
     )
@@ -568,11 +611,14 @@ def diagnose_checkpoint(
             noise); empty for none.
         device: where the networks and the manifold run.
     """
-    from core.checkpoints import load_checkpoint, load_dataset_sample
+    from core.checkpoints import NoDatasetSample, load_checkpoint, load_dataset_sample
 
     started = time.perf_counter()
     policy, critic, config = load_checkpoint(checkpoint, device)
-    sample = load_dataset_sample(checkpoint)
+    try:
+        sample = load_dataset_sample(checkpoint)
+    except NoDatasetSample as e:
+        sample, no_sample = None, str(e)
     estimators = list(ESTIMATORS) if estimators is None else list(estimators)
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown:
@@ -580,10 +626,17 @@ def diagnose_checkpoint(
     steps = steps or config.flow_steps
     weight = float(default_weight(checkpoint) if weight is None else weight)
 
-    manifold = DataManifold.from_sample(sample, horizon=config.horizon, k=k, device=device)
-    rows, _ = pick_states(manifold, sample.observations, states, seed)
-    obs = torch.as_tensor(sample.observations[rows], dtype=torch.float32, device=device)
-    data_actions = torch.as_tensor(sample.actions[rows], dtype=torch.float32, device=device)
+    if sample is not None:
+        manifold = DataManifold.from_sample(sample, horizon=config.horizon, k=k, device=device)
+        rows, _ = pick_states(manifold, sample.observations, states, seed)
+        obs = torch.as_tensor(sample.observations[rows], dtype=torch.float32, device=device)
+        data_actions = torch.as_tensor(sample.actions[rows], dtype=torch.float32, device=device)
+        source, summary = "dataset sample", manifold_summary(manifold, config.horizon)
+    else:
+        manifold, data_actions, rows = None, None, np.zeros(0, dtype=np.int64)
+        obs = rollout_states(policy, config.env, states, seed, config.flow_steps).to(device)
+        source = f"env rollouts of the unguided policy (no dataset sample), seed {seed}"
+        summary = {"available": False, "why": no_sample}
 
     common = dict(steps=steps, best_of=best_of, seed=seed, horizon=config.horizon)
     results, q_by_n = estimator_analyses(
@@ -599,7 +652,7 @@ def diagnose_checkpoint(
 
     with_gradient = [e for e in estimators if e not in NO_GRADIENT]
     if with_gradient:
-        noise = initial_noise(len(rows), best_of, config.chunk_dim, seed, obs.dtype)[:, 0]
+        noise = initial_noise(len(obs), best_of, config.chunk_dim, seed, obs.dtype)[:, 0]
         sens = noise_sensitivity(
             policy,
             critic,
@@ -621,7 +674,7 @@ def diagnose_checkpoint(
     flops = flops_per_action(
         policy,
         critic,
-        obs[: min(4, len(rows))],
+        obs[: min(4, len(obs))],
         estimators,
         steps=steps,
         best_of=(("none", best_of),),
@@ -656,13 +709,49 @@ def diagnose_checkpoint(
         seed=seed,
         horizon=config.horizon,
         perturbations=perturbations,
-        manifold=manifold_summary(manifold, config.horizon),
+        manifold=summary,
         results=results,
         oracle_q_by_n=q_by_n,
         sweep=rows_by_weight,
         flops_unguided=by_label["unguided"],
         wall_time_s=time.perf_counter() - started,
+        state_source=source,
     )
+
+
+def rollout_states(
+    policy: VelocityFn, env_name: str, count: int, seed: int, steps: int, every: int = 5
+) -> Tensor:
+    """``[count, O]`` states the unguided policy visits in the env: episodes reset with
+    ``seed``, ``seed + 1``, ...; a state is kept every ``every`` env steps (chunks run open
+    loop). For a checkpoint without a dataset sample to draw states from."""
+    from core import envs
+
+    env = envs.make_env(env_name)
+    gen = torch.Generator().manual_seed(seed)
+    width, horizon = int(policy.action_dim), int(getattr(policy, "horizon", 1))
+    device = next(policy.parameters()).device if isinstance(policy, torch.nn.Module) else "cpu"
+    kept: list[np.ndarray] = []
+    episode = 0
+    while len(kept) < count:
+        obs, _ = envs.reset(env, seed + episode)
+        episode += 1
+        chunk: list[np.ndarray] = []
+        for t in range(env.spec.max_episode_steps or 1000):
+            if t % every == 0:
+                kept.append(np.asarray(obs, dtype=np.float32))
+                if len(kept) == count:
+                    break
+            if not chunk:
+                o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                noise = torch.randn(1, width, generator=gen).to(device)
+                with torch.no_grad():
+                    action = euler(policy, o, noise, steps)
+                chunk = list(action[0].cpu().numpy().reshape(horizon, -1))
+            obs, _, terminated, truncated, _ = env.step(chunk.pop(0))
+            if terminated or truncated:
+                break
+    return torch.as_tensor(np.stack(kept))
 
 
 def _sweep_row(weight: float, result: EstimatorResult, oracle_q: np.ndarray) -> dict:

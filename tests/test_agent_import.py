@@ -288,3 +288,27 @@ def test_a_session_plays_an_imported_fql_agent_and_keeps_it_in_a_timeline(import
             opened.close()
     finally:
         s.close()
+
+
+def test_diagnose_without_a_dataset_sample_shows_distances_as_unavailable(imported, tmp_path):
+    from core.report import diagnose_checkpoint, write_report
+
+    report = diagnose_checkpoint(
+        imported["fql"],
+        states=6,
+        estimators=["none", "qgf"],
+        best_of=3,
+        sweep=[0.1],
+        perturbations=1,
+        seed=1,
+    )
+    assert report.manifold["available"] is False and "no dataset sample" in report.manifold["why"]
+    assert report.state_source.startswith("env rollouts") and report.states == 6
+    assert report.rows == []
+    for r in report.results:
+        assert np.isnan(r.distance).all() and np.isnan(r.summary()["off_manifold_fraction"])
+        assert np.isfinite(r.q_final).all()
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["per_state"]["qgf"]["off_manifold"] == [None] * 6  # unknown, never False
+    assert {"distance", "q", "weights"} <= set(paths)

@@ -51,44 +51,41 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from core.checkpoints import CheckpointError, NoDatasetSample, load_dataset_sample
+    from core.checkpoints import CheckpointError
     from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        load_dataset_sample(args.checkpoint)
-    except NoDatasetSample as e:
-        print(
-            f"qgf diagnose: {e}. The analyses run on states drawn from the checkpoint's dataset "
-            "sample: import it again with --data DATASET.npz",
-            file=sys.stderr,
+        report = diagnose_checkpoint(
+            args.checkpoint,
+            states=args.states,
+            estimators=args.estimators,
+            weight=args.weight,
+            steps=args.steps,
+            best_of=args.best_of,
+            eps=args.eps,
+            perturbations=args.perturbations,
+            k=args.k,
+            seed=args.seed,
+            sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
+            device=args.device,
         )
-        return 2
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
         print(f"qgf diagnose: {e}", file=sys.stderr)
         return 2
-    report = diagnose_checkpoint(
-        args.checkpoint,
-        states=args.states,
-        estimators=args.estimators,
-        weight=args.weight,
-        steps=args.steps,
-        best_of=args.best_of,
-        eps=args.eps,
-        perturbations=args.perturbations,
-        k=args.k,
-        seed=args.seed,
-        sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
-        device=args.device,
-    )
     out = args.out or f"diagnose-{Path(args.checkpoint).resolve().name}"
     paths = write_report(report, out)
     m = report.manifold
-    print(
-        f"{report.env}: {len(report.rows)} states, weight {report.weight:g}, T {report.steps}; "
+    distance = (
         f"distance to data: k={m['k']}, {m['compares']}, threshold {m['threshold']:.4f} "
         f"({100 * m['quantile']:.0f}th percentile of {m['calibration_pairs']} held-out pairs)"
+        if m.get("available", True)
+        else f"distance to data unavailable ({m['why']}); states from {report.state_source}"
+    )
+    print(
+        f"{report.env}: {report.states} states, weight {report.weight:g}, "
+        f"T {report.steps}; {distance}"
     )
     print(
         f"{'':<14}{'Q mean':>10}{'Q-oracle':>10}{'dist':>8}{'off %':>7}{'to oracle':>11}"
@@ -104,9 +101,17 @@ def run(args: argparse.Namespace) -> int:
         flops = f"{r.flops_per_action / report.flops_unguided:.1f}x" if r.flops_per_action else "-"
         print(
             f"{r.name:<14}{s['q_final']['mean']:>10.3f}{report.q_gap(r.name)['mean']:>10.3f}"
-            f"{s['distance']['mean']:>8.3f}{100 * s['off_manifold_fraction']:>6.0f}%"
+            f"{_num(s['distance']['mean'], '.3f'):>8}"
+            f"{_num(100 * s['off_manifold_fraction'], '.0f', '%'):>7}"
             f"{s['distance_to_oracle']['mean']:>11.3f}{sens:>10}{flops:>10}"
         )
     print("cos(eps): mean over denoising steps; FLOPs: per action, as a multiple of unguided")
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({report.wall_time_s:.0f} s)")
     return 0
+
+
+def _num(value: float, spec: str, unit: str = "") -> str:
+    """A figure, or n/a where it is unavailable (NaN: no dataset sample)."""
+    import math
+
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
