@@ -17,6 +17,10 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory")
     parser.add_argument("--states", type=int, default=256, help="states from the data sample")
@@ -44,6 +48,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    landscape = parser.add_argument_group(
+        "landscape",
+        "with --landscape, only the critic's landscape on a 2-D action slice is written, at "
+        "a few steps of one seeded episode: PNG per step and weight, arrays as .npz",
+    )
+    landscape.add_argument("--landscape", action="store_true", help="write the landscape")
+    landscape.add_argument(
+        "--landscape-steps", type=_ints, default=[0, 20, 40], help="env steps (default 0,20,40)"
+    )
+    landscape.add_argument(
+        "--landscape-weights",
+        type=_floats,
+        default=None,
+        help="weights whose paths are drawn (default: --weight); the episode plays at the first",
+    )
+    landscape.add_argument(
+        "--slice-dims", type=_ints, default=[0, 1], help="two action dims (default 0,1: dx, dy)"
+    )
+    landscape.add_argument("--chunk-index", type=int, default=0, help="action of the chunk")
+    landscape.add_argument(
+        "--hold",
+        choices=("executed", "mean"),
+        default="executed",
+        help="other dims held at the executed action or the candidates' mean",
+    )
+    landscape.add_argument("--resolution", type=int, default=64, help="grid points per axis")
+    landscape.add_argument("--candidates", type=int, default=8, help="candidates N per step")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.landscape:
+        try:
+            return _landscape(args)
+        except (CheckpointError, ValueError) as e:
+            print(f"qgf diagnose: {e}", file=sys.stderr)
+            return 2
     try:
         report = diagnose_checkpoint(
             args.checkpoint,
@@ -115,3 +152,59 @@ def _num(value: float, spec: str, unit: str = "") -> str:
     import math
 
     return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
+def _landscape(args: argparse.Namespace) -> int:
+    """``--landscape``: the critic's landscape at a few steps of one episode."""
+    import os
+    import warnings
+    from pathlib import Path
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+    from core.checkpoints import NoDatasetSample, load_checkpoint
+    from core.landscape import SliceSpec, episode_slices, write_episode_slices
+    from core.manifold import DataManifold
+    from core.recording import env_label
+    from core.report import default_weight
+
+    if len(args.slice_dims) != 2:
+        raise ValueError(f"--slice-dims takes two dims, got {args.slice_dims}")
+    policy, critic, config = load_checkpoint(args.checkpoint, args.device)
+    spec = SliceSpec(tuple(args.slice_dims), args.chunk_index, args.hold, args.resolution)
+    spec.validate(config.action_dim, config.horizon)
+    try:
+        manifold = DataManifold.from_checkpoint(args.checkpoint, k=args.k, device=args.device)
+    except NoDatasetSample as e:
+        manifold = None
+        print(f"qgf diagnose: note: {e}", file=sys.stderr)
+    weights = args.landscape_weights or [
+        args.weight if args.weight is not None else default_weight(args.checkpoint)
+    ]
+    slices = episode_slices(
+        policy,
+        critic,
+        config.env,
+        args.landscape_steps,
+        weight=weights[0],
+        weights=weights,
+        steps=args.steps or config.flow_steps,
+        candidates=args.candidates,
+        seed=args.seed,
+        spec=spec,
+        manifold=manifold,
+    )
+    out = Path(args.out or f"diagnose-{Path(args.checkpoint).resolve().name}") / "landscape"
+    written = write_episode_slices(slices, out, env_label(config.env))
+    for s in slices:
+        print(
+            f"step {s.step}: Q in [{s.landscape.q.min():.3f}, {s.landscape.q.max():.3f}], "
+            f"grid {spec.resolution}x{spec.resolution} in {1000 * s.landscape.seconds:.1f} ms"
+            + "".join(
+                f"; w={w:g}: {int(p.off_manifold.sum())}/{len(p.final)} off-manifold"
+                for w, p in s.paths.items()
+                if p.off_manifold is not None
+            )
+        )
+    print(f"wrote {len(written)} files to {out}")
+    return 0
