@@ -13,10 +13,10 @@ import importlib
 import importlib.util
 import sys
 
-HELP = "benchmarks: guidance, viewer, record (prints a table)"
+HELP = "benchmarks: guidance, viewer, record, landscape (prints a table)"
 
 # The order `qgf bench` runs them in; a name whose module is absent is skipped.
-BENCHMARKS = ("guidance", "viewer", "record")
+BENCHMARKS = ("guidance", "viewer", "record", "landscape")
 
 
 def available() -> list[str]:
