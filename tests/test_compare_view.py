@@ -112,8 +112,8 @@ def test_acting_row():
         + [SimpleNamespace(label=best_of_label(N), estimator="none", best_of=True)]
     )
     assert acting_label(Settings(estimator="ood"), c) == "ood"
-    assert acting_label(Settings(estimator="none", best_of=True), c) == best_of_label(N)
-    assert acting_label(Settings(estimator="qgf", best_of=True), c) is None
+    assert acting_label(Settings(estimator="none", pick_best=True), c) == best_of_label(N)
+    assert acting_label(Settings(estimator="qgf", pick_best=True), c) is None
 
 
 def test_key_follows_state_noise_and_settings_not_the_estimator(live):

@@ -95,7 +95,7 @@ def build_timeline(session: Session) -> None:
     play(session, 3)
     session.switch_branch(0)
     play(session, 2)
-    session.branch_from(7, seed=5, best_of=True)
+    session.branch_from(7, seed=5, pick_best=True)
     play(session, 1)
     session.view_step(5)
 

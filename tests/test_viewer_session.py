@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from core import envs  # noqa: E402
 from core.guidance import ESTIMATORS, guided_sample  # noqa: E402
 from core.models import Critic, VelocityField  # noqa: E402
-from core.recording import step_noise  # noqa: E402
 from core.render import RenderSettings  # noqa: E402
+from core.step import step_noise  # noqa: E402
 from viewer.session import (  # noqa: E402
     RANDOM_LABEL,
     Session,
@@ -151,10 +151,10 @@ def test_reset_with_same_seed_repeats_the_episode(session):
 
 
 def test_best_of_executes_argmax_q(session):
-    session.update(best_of=True)
+    session.update(pick_best=True)
     sample = session.current.sample
     assert sample.executed == int(sample.guided.q_final.argmax())
-    session.update(best_of=False)
+    session.update(pick_best=False)
     assert session.current.sample.executed == 0
 
 

@@ -421,14 +421,14 @@ class ViewerApp:
         self.command("sample", lambda s: s.update(estimator=name))
         dpg.set_value(self._tags["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
 
-    def select_estimator(self, name: str, best_of: bool, **settings: Any) -> None:
+    def select_estimator(self, name: str, pick_best: bool, **settings: Any) -> None:
         """Make ``name`` (with best-of-N on or off) the acting estimator, with other sampling
         ``settings`` (weight, steps, candidates, seed) changed in the same command."""
-        self.command("sample", lambda s: s.update(estimator=name, best_of=best_of, **settings))
+        self.command("sample", lambda s: s.update(estimator=name, pick_best=pick_best, **settings))
         t = self._tags
         dpg.set_value(t["estimator"], name)
         dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
-        dpg.set_value(t["best_of"], best_of)
+        dpg.set_value(t["pick_best"], pick_best)
         if "weight" in settings:
             self._show_weight(float(settings["weight"]))
         for key in ("steps", "candidates", "seed"):
@@ -443,9 +443,9 @@ class ViewerApp:
         n = int(value)
         self.command("sample", lambda s: s.update(candidates=n))
 
-    def on_best_of(self, sender, value, user_data=None) -> None:
+    def on_pick_best(self, sender, value, user_data=None) -> None:
         flag = bool(value)
-        self.command("sample", lambda s: s.update(best_of=flag))
+        self.command("sample", lambda s: s.update(pick_best=flag))
 
     def on_seed(self, sender, value, user_data=None) -> None:
         seed = int(value)
@@ -837,9 +837,9 @@ class ViewerApp:
                 label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
                 width=-90, callback=cb("candidates", self.on_candidates),
             )  # fmt: skip
-            t["best_of"] = dpg.add_checkbox(
-                label="best-of-N (execute the highest-Q candidate)", default_value=s.best_of,
-                callback=cb("best-of", self.on_best_of),
+            t["pick_best"] = dpg.add_checkbox(
+                label="best-of-N (execute the highest-Q candidate)", default_value=s.pick_best,
+                callback=cb("best-of", self.on_pick_best),
             )  # fmt: skip
             t["seed"] = dpg.add_input_int(
                 label="seed", default_value=s.seed, width=120, on_enter=True,
@@ -1179,7 +1179,7 @@ class ViewerApp:
         dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(s.estimator, ""))
         dpg.set_value(t["steps"], s.steps)
         dpg.set_value(t["candidates"], s.candidates)
-        dpg.set_value(t["best_of"], s.best_of)
+        dpg.set_value(t["pick_best"], s.pick_best)
         dpg.set_value(t["seed"], s.seed)
         dpg.set_value(t["env"], s.env_name)
 
@@ -1395,7 +1395,7 @@ class ViewerApp:
             f"return {session.episode_return:.1f}",
             "success" if session.success else "no success yet",
             f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
-            + (" best-of" if s.best_of else ""),
+            + (" best-of" if s.pick_best else ""),
         ]
         dist = rec.sample.distances if rec is not None else None
         if dist is not None:

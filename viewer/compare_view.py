@@ -33,8 +33,8 @@ import torch
 
 from core import envs
 from core.compare import CompareRow, Comparison, compare_estimators
-from core.recording import step_noise
 from core.render import Overlay, Polyline, scene_rgba
+from core.step import effector_paths, step_noise
 
 if TYPE_CHECKING:
     from core.manifold import DataManifold
@@ -115,7 +115,7 @@ def acting_label(settings: Settings, comparison: Comparison) -> str | None:
     """The row that acts under ``settings``: the estimator's (best-of-N off), best-of-N
     (estimator ``none`` with best-of-N on), or None (another estimator with best-of-N)."""
     for row in comparison.rows:
-        if row.best_of == settings.best_of and row.estimator == settings.estimator:
+        if row.best_of == settings.pick_best and row.estimator == settings.estimator:
             return row.label
     return None
 
@@ -184,17 +184,17 @@ def compare_step(
         flops=flops,
     )
     start = envs.effector_state_at(session.env, rec.snapshot)
-    t, n = s.steps, s.candidates
-    actions = np.stack(
-        [np.concatenate([r.a_hat.numpy(), r.final.numpy()[None]]) for r in comparison.rows]
-    )  # [R, T+1, N, A]
-    rows = actions.shape[0]
-    xyz = envs.action_to_ee_targets(
-        session.env, actions.reshape(-1, horizon, width // horizon), start=start
-    ).xyz.reshape(rows, t + 1, n, horizon, 3)
+    t, n, rows = s.steps, s.candidates, len(comparison.rows)
+    # Every row's candidates side by side, mapped in one call: [T, R*N, ...].
+    mapped = effector_paths(
+        session.env,
+        np.concatenate([r.a_hat.numpy() for r in comparison.rows], axis=1),
+        np.concatenate([r.final.numpy() for r in comparison.rows]),
+        start=start,
+    )
     # a_hat's first action at each step, then the final chunk: [R, N, T + H, 3].
-    denoise = xyz[:, :t, :, 0].transpose(0, 2, 1, 3)
-    paths = np.concatenate([denoise, xyz[:, t]], axis=2)
+    denoise = mapped.denoise[:, :, 0].reshape(t, rows, n, 3).transpose(1, 2, 0, 3)
+    paths = np.concatenate([denoise, mapped.final.reshape(rows, n, horizon, 3)], axis=2)
     return CompareResult(
         comparison=comparison,
         key=compare_key(session, rec),

@@ -57,10 +57,16 @@ import numpy as np
 import torch
 
 from core import envs
-from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
+from core.guidance import DenoiseTrace
 from core.models import Critic, VelocityField
-from core.recording import step_noise
 from core.render import Overlay, Polyline, scene_rgba
+from core.step import (
+    RESAMPLE_FIELDS,
+    StepSettings,
+    effector_paths,
+    sample_step,
+    step_noise,
+)
 from viewer.manifold_view import CandidateDistances
 
 if TYPE_CHECKING:
@@ -72,57 +78,26 @@ RANDOM_LABEL = "random weights"
 CUSTOM_LABEL = "custom networks"
 # Random-weight fallback networks: small, so the app is responsive before any checkpoint.
 _RANDOM_HIDDEN = (256, 256, 256, 256)
-_MAX_CANDIDATES = 64
-_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(StepSettings):
     """Everything that decides what the policy does at a step (one frozen value per record).
+
+    The sampling settings (weight, estimator, Euler steps T, candidates N, ``pick_best``,
+    seed) are ``core.step.StepSettings``'s; the seed also fixes the episode's start state,
+    and the noise of step t is a fixed function of (seed, t), so changing the weight keeps
+    the noise. Besides those:
 
     Attributes:
         env_name: OGBench dataset-style name, e.g. ``cube-single-play-singletask-task2-v0``.
-        weight: guidance weight w (= 1/beta).
         log_weight: the weight slider's scale (log or linear); no effect on sampling.
-        estimator: a name in ``core.guidance.ESTIMATORS``.
-        steps: Euler steps T.
-        candidates: N candidates drawn (and drawn in the scene) at each sample.
-        best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0,
-            which is exactly what a single-sample policy with this seed would do.
-        seed: episode start state and the denoising noise (noise of step t is a fixed
-            function of (seed, t), so changing the weight keeps the noise).
         device: torch device of the networks.
     """
 
     env_name: str = DEFAULT_ENV
-    weight: float = 0.03
     log_weight: bool = True
-    estimator: str = "qgf"
-    steps: int = 10
-    candidates: int = 8
-    best_of: bool = False
-    seed: int = 0
     device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"unknown estimator {self.estimator!r}; registered: {', '.join(ESTIMATORS)}"
-            )
-        if not 1 <= self.steps <= _MAX_STEPS:
-            raise ValueError(f"steps T must be in 1..{_MAX_STEPS}, got {self.steps}")
-        if not 1 <= self.candidates <= _MAX_CANDIDATES:
-            raise ValueError(f"candidates N must be in 1..{_MAX_CANDIDATES}, got {self.candidates}")
-        if not np.isfinite(self.weight) or self.weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
-
-
-# Estimators whose recorded q_hat is already Q(s, a_hat) (they take their gradient there),
-# so the Q-along-denoising curve needs no extra critic call.
-Q_AT_A_HAT = frozenset({"none", "qgf", "qgf_jacobian"})
-
-# Settings whose change only needs a new sample of the current state (no reset).
-RESAMPLE_FIELDS = frozenset({"weight", "estimator", "steps", "candidates", "best_of", "seed"})
 
 
 @dataclass
@@ -296,7 +271,7 @@ class Branch:
         s = self.settings
         return (
             f"#{self.id} from {self.parent} at step {self.fork}: "
-            f"{s.estimator} w={s.weight:g} seed {s.seed}" + (" best-of-N" if s.best_of else "")
+            f"{s.estimator} w={s.weight:g} seed {s.seed}" + (" best-of-N" if s.pick_best else "")
         )
 
     def effector_path(self) -> np.ndarray:
@@ -902,65 +877,43 @@ class Session:
         s = self.settings
         t0 = time.perf_counter()
         device = self._device()
-        n, a_dim, t, h = s.candidates, self.policy.action_dim, s.steps, self.horizon
+        n, a_dim, t = s.candidates, self.policy.action_dim, s.steps
         keep = (
             reuse is not None
             and (reuse.settings.seed, reuse.settings.steps, reuse.settings.candidates)
             == (s.seed, t, n)
             and reuse.unguided.a_t.shape[-1] == a_dim
         )
-        # Fresh noise follows the recorder's convention, so `qgf record --seed S` draws what
-        # the viewer draws with seed S.
         noise = reuse.noise if keep else step_noise(s.seed, index, n, a_dim)
-        o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-        rows = 1 if keep else 2
-        trace = guided_sample(
-            self.policy,
-            self.critic,
-            o.expand(rows, -1),
-            estimator=s.estimator,
-            weight=torch.tensor([s.weight, 0.0][:rows], device=device),
-            steps=t,
-            noise=noise.repeat(rows, 1).to(device),
-            best_of=n,
-        )
+        o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        draw = sample_step(self.policy, self.critic, o, s, noise, ghost=not keep, q_path=True)
         with torch.no_grad():
-            v = float(self.critic.v(o)[0])
-            # Q at every a_hat and at the final action, the same quantity for both rows
-            # whatever the estimator (each estimator's own q_hat is Q where it took its
-            # gradient: at a_t for ood, at ODE(a_t) for qgf_chain).
-            if s.estimator in Q_AT_A_HAT:
-                q_points = torch.cat([trace.q_hat, trace.q_final[None]])
-            else:
-                points = torch.cat([trace.a_hat, trace.final[None]]).reshape(-1, a_dim)
-                q_points = self.critic(o.expand(points.shape[0], -1), points)
-                q_points = q_points.reshape(t + 1, -1)
-        trace = trace.to("cpu")
-        q_points = q_points.cpu().numpy().astype(np.float32)
-        guided = trace.row(0)
-        executed = int(guided.chosen[0]) if s.best_of else 0
-
-        parts = [guided.a_hat.numpy().reshape(t * n, h, -1), guided.final.numpy().reshape(n, h, -1)]
+            v = float(self.critic.v(o[None])[0])
+        guided = draw.guided.to("cpu")
+        q_guided = draw.q_guided.cpu().numpy().astype(np.float32)
         if keep:
             unguided, q_ghost = reuse.unguided, reuse.q_denoise_ghost
         else:
-            unguided, q_ghost = trace.row(1), q_points[:, n:]
-            parts.append(unguided.final.numpy().reshape(n, h, -1))
-        origin, _ = envs.effector_state(self.env)
-        targets = envs.action_to_ee_targets(self.env, np.concatenate(parts))
-        xyz = targets.xyz.astype(np.float32)
+            unguided = draw.ghost.to("cpu")
+            q_ghost = draw.q_ghost.cpu().numpy().astype(np.float32)
+        paths = effector_paths(
+            self.env,
+            guided.a_hat.numpy(),
+            guided.final.numpy(),
+            None if keep else unguided.final.numpy(),
+        )
         sample = StepSample(
             guided=guided,
             unguided=unguided,
             noise=noise,
-            executed=executed,
+            executed=draw.executed,
             settings=s,
-            origin=origin,
-            ee_denoise=xyz[: t * n].reshape(t, n, h, 3),
-            ee_final=xyz[t * n : t * n + n],
-            ee_ghost=reuse.ee_ghost if keep else xyz[t * n + n :],
-            gripper=targets.gripper[t * n : t * n + n].astype(np.float32),
-            q_denoise=q_points[:, :n],
+            origin=paths.origin,
+            ee_denoise=paths.denoise.astype(np.float32),
+            ee_final=paths.final.astype(np.float32),
+            ee_ghost=reuse.ee_ghost if keep else paths.ghost.astype(np.float32),
+            gripper=paths.gripper.astype(np.float32),
+            q_denoise=q_guided,
             q_denoise_ghost=q_ghost,
         )
         for hook in list(self.sample_hooks):

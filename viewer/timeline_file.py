@@ -102,6 +102,9 @@ _RECORD_SCALARS = ("index", "chunk_step", "v", "reward", "success", "terminated"
 _RECORD_REFS = ("snapshot", "obs", "settings", "sample", "action", "effector")
 _SNAPSHOT_FIELDS = ("env_id", "physics", "arrays", "meta", "observation")
 _BRANCH_FIELDS = ("id", "parent", "fork", "history", "current")
+# Settings fields stored under another name: version 1 called ``pick_best`` ``best_of``.
+_SETTINGS_KEYS = {"pick_best": "best_of"}
+_SETTINGS_FIELDS = {v: k for k, v in _SETTINGS_KEYS.items()}
 SCHEMA: dict[type, tuple[str, ...]] = {
     Settings: tuple(f.name for f in fields(Settings)),
     DenoiseTrace: _TRACE_TENSORS + _TRACE_SCALARS,
@@ -267,7 +270,9 @@ class _Writer:
         # By value: settings are frozen, and equal ones are interchangeable.
         if s not in self._settings:
             self._settings[s] = len(self.tables["settings"])
-            self.tables["settings"].append({k: _scalar(getattr(s, k)) for k in SCHEMA[Settings]})
+            self.tables["settings"].append(
+                {_SETTINGS_KEYS.get(k, k): _scalar(getattr(s, k)) for k in SCHEMA[Settings]}
+            )
         return self._settings[s]
 
     def snapshot(self, snap: EnvSnapshot) -> int:
@@ -589,8 +594,9 @@ class _Reader:
 
     def settings(self, i: int) -> Settings:
         def build(d: dict[str, Any]) -> Settings:
+            settings = Settings(**{_SETTINGS_FIELDS.get(k, k): v for k, v in d.items()})
             # The device is where the networks are now, for every record alike.
-            return replace(Settings(**d), device=self.device) if self.moved else Settings(**d)
+            return replace(settings, device=self.device) if self.moved else settings
 
         return self._get("settings", i, build)
 

@@ -51,9 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--candidates", type=int, default=8, help="candidates N per step (default %(default)s)"
     )
     parser.add_argument(
+        "--pick-best",
         "--best-of",
+        dest="pick_best",
         action="store_true",
-        help="execute the candidate of highest Q (default: candidate 0, a single-sample policy)",
+        help="execute the candidate of highest Q, best-of-N (default: candidate 0, a "
+        "single-sample policy); --best-of is an old name for it",
     )
     parser.add_argument("--max-steps", type=int, help="env steps per episode at most")
     parser.add_argument(
@@ -167,7 +170,7 @@ def _settings(args: argparse.Namespace, flow_steps: int):
         seed=args.seed,
         steps=flow_steps if args.steps is None else args.steps,
         candidates=args.candidates,
-        best_of=args.best_of,
+        pick_best=args.pick_best,
         max_steps=args.max_steps,
         width=width,
         height=height,
@@ -290,6 +293,6 @@ def _summary(result) -> None:
     print(f"  {'estimator':<14}{'weight':>8}{'episode':>9}{'steps':>7}{'success':>9}{'return':>9}")
     for e in result.episodes:
         print(
-            f"  {e.panel.estimator:<14}{e.panel.weight:>8g}{e.episode:>9}{e.steps:>7}"
+            f"  {e.panel.estimator:<14}{e.panel.weight:>8g}{e.episode:>9}{e.env_steps:>7}"
             f"{'yes' if e.success else 'no':>9}{e.ret:>9.1f}"
         )
