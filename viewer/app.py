@@ -45,8 +45,8 @@ from viewer.compare_view import CompareView
 from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
-from viewer.session import RANDOM_LABEL, FrameSpec, Session, branch_rgba
-from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline
+from viewer.session import FrameSpec, Session, SessionView, branch_rgba
+from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline, save_timeline
 from viewer.timeline_file import default_path as timeline_path
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
@@ -177,7 +177,7 @@ class ViewerApp:
         self.panels.append(self.compare.build)
         self.on_tick.append(self.compare.tick)
         self.frames = FrameStream(
-            self.compare.frame,
+            self.session.frame,
             render,
             on_error=self._pending_errors.append,
             size=(self._scene_w, self._scene_h),
@@ -282,9 +282,10 @@ class ViewerApp:
         self._frame_started = time.perf_counter()
         self._run_callbacks()
         self._note_input()
-        self._poll_mouse()
-        self._upload()
-        self._refresh()
+        # Every per-frame part runs in the error guard: an error is shown, none ends the app.
+        self._call("mouse", self._poll_mouse)
+        self._call("upload", self._upload)
+        self._call("refresh", self._refresh)
         for fn in list(self.on_tick):
             self._call("tick", fn, self)
         t0 = time.perf_counter()
@@ -582,7 +583,7 @@ class ViewerApp:
         path = Path(path or timeline_path(self.session.settings.env_name)).resolve()
 
         def save(session: Session) -> None:
-            session.save_timeline(path)
+            save_timeline(session, path)
             self._saved = (path, time.monotonic())
 
         self.command("save timeline", save)
@@ -1189,7 +1190,7 @@ class ViewerApp:
             self.report(self._pending_errors.popleft(), error=True)
         t = self._tags
         spec = self.frame_spec
-        session = self.session
+        view = spec.view if spec is not None else None
         if spec is not None and spec.version != self._plotted_version:
             self._plotted_version = spec.version
             self._plot(spec)
@@ -1197,7 +1198,9 @@ class ViewerApp:
         if self.sweep is not self._sweep_shown:
             self._plot_sweep()
         # After a switch (or a refused one) the controls show what the session really has.
-        resync = self._resync or dpg.get_value(t["env"]) != session.settings.env_name
+        resync = self._resync or (
+            view is not None and dpg.get_value(t["env"]) != view.settings.env_name
+        )
         if resync and not self.worker.busy:
             self._resync = False
             self._sync_controls()
@@ -1207,11 +1210,14 @@ class ViewerApp:
         self._status()
 
     def _plot(self, spec: FrameSpec) -> None:
+        """Text and plots of the frame's step, from the frame's ``SessionView`` only."""
         t = self._tags
-        session = self.session
+        view = spec.view
+        if view is None:
+            return
         rec = spec.record
-        label = session.label
-        random = session.label == RANDOM_LABEL
+        label = view.label
+        random = view.random
         dpg.set_value(
             t["checkpoint"],
             f"checkpoint: {label}" + (" (untrained)" if random else ""),
@@ -1221,28 +1227,27 @@ class ViewerApp:
         if rec is None:
             return
         s = rec.settings
-        limit = getattr(session.env, "spec", None)
-        max_steps = getattr(limit, "max_episode_steps", None) or "?"
-        live = session.step_index
+        max_steps = view.max_steps or "?"
+        live = view.live_step
         dpg.configure_item(t["timeline"], max_value=max(live, 1))
         dpg.set_value(t["timeline"], rec.index)
         dpg.set_value(t["ep_shown"], [[float(rec.index)]])
         # While playing, the shown frame may trail the worker by a step: that is not scrubbing.
-        viewing = session.viewing is not None and rec.index < live
+        viewing = view.scrubbing and rec.index < live
         dpg.configure_item(t["live"], label=f"Live ({live})" if viewing else "Live")
         dpg.set_value(
             t["info"],
-            f"{s.env_name}\nepisode {session.episode}   step {rec.index}/{max_steps}"
+            f"{s.env_name}\nepisode {view.episode}   step {rec.index}/{max_steps}"
             + (f" (recorded; live at {live})" if viewing else "")
-            + f"   return {session.episode_return:.1f}   "
-            + ("SUCCESS" if session.success else "done" if session.done else ""),
+            + f"   return {view.episode_return:.1f}   "
+            + ("SUCCESS" if view.success else "done" if view.done else ""),
         )
         dpg.set_value(
             t["values"],
             f"Q(s,a) = {rec.q:.3f}   V(s) = {rec.v:.3f}   chunk {rec.chunk_step + 1}/"
             f"{rec.sample.horizon}",
         )
-        curves = session.episode_curves()
+        curves = view.curves
         x = curves["step"].tolist()
         dpg.set_value(t["ep_q"], [x, curves["q"].tolist()])
         dpg.set_value(t["ep_v"], [x, curves["v"].tolist()])
@@ -1260,21 +1265,20 @@ class ViewerApp:
             dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
         self._plot_denoising(rec.sample, rec.chunk_step)
         dpg.set_value(t["sw_w"], [[float(max(s.weight, 1e-4))]])
-        self._plot_branches()
+        self._plot_branches(view)
 
-    def _plot_branches(self) -> None:
+    def _plot_branches(self, view: SessionView) -> None:
         """One Q curve (thick, left axis) and one return curve (thin, right axis) per branch,
         in the branch's colour; the branch selector lists them all."""
         t = self._tags
-        session = self.session
-        branches = list(session.branches)
+        branches = view.branches
         shown = dpg.is_item_shown(t["plot_branches"])
         if shown != (len(branches) > 1):
             dpg.configure_item(t["plot_branches"], show=len(branches) > 1)
             self._layout()
         labels = [b.label for b in branches]
         dpg.configure_item(t["branch"], items=labels)
-        dpg.set_value(t["branch"], session.branch.label)
+        dpg.set_value(t["branch"], next(b.label for b in branches if b.id == view.active))
         if len(branches) == 1 and not self._branch_series:
             return  # the plot is hidden: nothing to draw into it
         while len(self._branch_series) > len(branches):
@@ -1295,7 +1299,7 @@ class ViewerApp:
             dpg.bind_item_theme(ret, self._branch_themes[i][1])
             self._branch_series.append((q, ret))
         for b, (q, ret) in zip(branches, self._branch_series, strict=True):
-            curves = session.episode_curves(b.id)
+            curves = b.curves
             x = curves["step"].tolist()
             dpg.set_value(q, [x, curves["q"].tolist()])
             dpg.set_value(ret, [x, curves["return"].tolist()])
@@ -1306,9 +1310,10 @@ class ViewerApp:
         """Ask the worker for a sweep preview when the step, estimator, T, N or seed changed
         (a pending request is replaced, so requests coalesce). Not while playing: a sweep per
         step would take the worker's time from the steps."""
-        if self.session.current is None or self.worker.playing:
+        spec = self.frame_spec
+        if spec is None or spec.view is None or self.worker.playing:
             return
-        key = sweep_key(self.session)
+        key = sweep_key(spec.view)
         if key == self._sweep_wanted:
             return
         self._sweep_wanted = key
@@ -1380,20 +1385,29 @@ class ViewerApp:
 
     def _status(self) -> None:
         t = self._tags
-        session = self.session
+        spec = self.frame_spec
+        if spec is not None and spec.view is not None:
+            dpg.set_value(t["status_text"], "  |  ".join(self._status_parts(spec, spec.view)))
+        self._record_indicator()
+        now = time.monotonic()
+        errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
+        notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
+        dpg.set_value(t["status_error"], f"ERROR {errors[-1].text}" if errors else "")
+        dpg.set_value(t["status_note"], notes[-1].text if notes and not errors else "")
+
+    def _status_parts(self, spec: FrameSpec, view: SessionView) -> list[str]:
         st = self.frames.stats
-        timings = session.timings
-        rec = self.frame_spec.record if self.frame_spec is not None else None
-        s = session.settings
+        rec = spec.record
+        s = view.settings
         parts = [
             f"GUI {dpg.get_frame_rate():4.0f} fps",
             f"scene {self.scene_fps:4.1f} fps",
-            f"policy {timings.policy:5.0f} ms",
+            f"policy {self.session.timings.policy:5.0f} ms",
             f"render {st.scene_ms + st.render_ms:4.0f} ms",
             f"upload {self._upload_ms:4.1f} ms",
             f"step {rec.index if rec else 0}",
-            f"return {session.episode_return:.1f}",
-            "success" if session.success else "no success yet",
+            f"return {view.episode_return:.1f}",
+            "success" if view.success else "no success yet",
             f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
             + (" best-of" if s.pick_best else ""),
         ]
@@ -1405,19 +1419,10 @@ class ViewerApp:
                 f" (w=0: {int(dist.ghost_off_manifold.sum())}/{n})"
             )
         elif rec is not None:
-            parts.append(
-                "distance to data n/a"
-                + (" (random weights)" if (session.label == RANDOM_LABEL) else "")
-            )
+            parts.append("distance to data n/a" + (" (random weights)" if view.random else ""))
         if self.worker.busy:
             parts.append("sampling ...")
-        dpg.set_value(t["status_text"], "  |  ".join(parts))
-        self._record_indicator()
-        now = time.monotonic()
-        errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
-        notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
-        dpg.set_value(t["status_error"], f"ERROR {errors[-1].text}" if errors else "")
-        dpg.set_value(t["status_note"], notes[-1].text if notes and not errors else "")
+        return parts
 
     def status_text(self) -> str:
         """The status bar's text as shown (for tests and scripts)."""

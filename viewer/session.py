@@ -29,9 +29,10 @@ the same); every branch is kept, shares the records before its fork with its par
 ``switch_branch`` returns to any of them where it was. ``replay`` re-executes a branch's
 recorded actions from a restored snapshot and compares observations bit for bit.
 
-Save and open: ``save_timeline(path)`` writes all of it (every branch, record and trace, the
-settings, the checkpoint's identity and the networks' weights) to one file, and
-``open_timeline`` / ``Session.from_timeline`` restore it exactly (``viewer.timeline_file``,
+Save and open: ``viewer.timeline_file.save_timeline(session, path)`` writes all of it (every
+branch, record and trace, the settings, the checkpoint's identity and the networks' weights)
+to one file, and ``viewer.timeline_file.open_timeline`` / ``open_session`` restore it exactly
+(through ``Session.open_timeline``,
 ``docs/TIMELINE_FORMAT.md``).
 
 Memory (``timeline_nbytes``, measured over 100 steps with default settings: cube-single,
@@ -50,7 +51,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mujoco
 import numpy as np
@@ -67,10 +67,6 @@ from core.step import (
     sample_step,
     step_noise,
 )
-from viewer.manifold_view import CandidateDistances
-
-if TYPE_CHECKING:
-    from viewer.timeline_file import Timeline
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -101,6 +97,28 @@ class Settings(StepSettings):
 
 
 @dataclass
+class CandidateDistances:
+    """Distance to the data of one sample's candidates (``core.manifold`` definition), set by
+    ``viewer.manifold_view.ManifoldAnalysis``.
+
+    Attributes:
+        distance: ``[N]`` distance of each guided candidate's final action.
+        off_manifold: ``[N]`` bool, ``distance > threshold``.
+        ghost_distance: ``[N]`` the same for the unguided (w = 0) candidates.
+        ghost_off_manifold: ``[N]`` bool.
+        threshold: the manifold's calibrated threshold.
+        seconds: wall time of the hook for this sample.
+    """
+
+    distance: np.ndarray
+    off_manifold: np.ndarray
+    ghost_distance: np.ndarray
+    ghost_off_manifold: np.ndarray
+    threshold: float
+    seconds: float = 0.0
+
+
+@dataclass
 class StepSample:
     """The denoising of one state: N guided candidates and N unguided (w = 0) ones.
 
@@ -121,7 +139,7 @@ class StepSample:
         q_denoise_ghost: the same for the unguided candidates.
         off_manifold: ``[N]`` bool flags from a distance-to-data check, or None.
         distances: distance to the data of the guided and ghost candidates
-            (``viewer.manifold_view.CandidateDistances``), or None when not measured.
+            (``CandidateDistances``, set by ``viewer.manifold_view``), or None when not measured.
         seconds: wall time of sampling and mapping.
     """
 
@@ -302,9 +320,62 @@ class ReplayCheck:
         return not self.mismatched
 
 
+@dataclass(frozen=True)
+class BranchView:
+    """One branch as the GUI shows it: its id, label and ``Session.episode_curves``."""
+
+    id: int
+    label: str
+    curves: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What the GUI shows of the session, made once per change by the thread that changed it
+    (``Session._bump``): the GUI draws this and never reads the live session, which the
+    worker thread changes while the GUI draws.
+
+    Attributes:
+        version: the session's version when it was made.
+        label: what the policy is (``Session.label``); ``random``: it is random weights.
+        settings: the session's settings (those of the next sample).
+        sampled: the settings the live step's candidates were sampled with (inside a chunk,
+            the chunk's).
+        episode: episode counter.
+        live_step: the current (live) step's index, ``Session.step_index``.
+        scrubbing: a recorded step is shown instead of the live one.
+        max_steps: the env's time limit, or None.
+        episode_return, success, done: of the active branch.
+        curves: ``Session.episode_curves()`` of the active branch.
+        branches: every branch, in id order; ``active``: the active branch's id.
+        checkpoint: the checkpoint directory, as a string ("" without one).
+        networks: changes whenever other networks are installed (a checkpoint, random or
+            custom weights, a timeline's).
+    """
+
+    version: int
+    label: str
+    random: bool
+    settings: Settings
+    sampled: Settings
+    episode: int
+    live_step: int
+    scrubbing: bool
+    max_steps: int | None
+    episode_return: float
+    success: bool
+    done: bool
+    curves: dict[str, np.ndarray]
+    branches: tuple[BranchView, ...]
+    active: int
+    checkpoint: str
+    networks: int
+
+
 @dataclass
 class FrameSpec:
-    """What the renderer needs for one frame of the current state (immutable once made).
+    """What the renderer and the GUI need for one frame of the current state (immutable once
+    made).
 
     Attributes:
         version: the session's version when it was made (changes on every state change).
@@ -312,6 +383,7 @@ class FrameSpec:
         physics: MuJoCo state vector ``[S]`` (``mjSTATE_INTEGRATION``) to render.
         overlay: overlay of the current sample, or None.
         record: the step record shown (for captions).
+        view: the rest of the session the GUI shows, or None.
         made_at: ``time.perf_counter()`` when it was made (for latency figures).
     """
 
@@ -320,6 +392,7 @@ class FrameSpec:
     physics: np.ndarray
     overlay: Overlay | None
     record: StepRecord | None
+    view: SessionView | None = None
     made_at: float = 0.0
 
 
@@ -390,6 +463,8 @@ class Session:
         # the place to attach per-candidate analyses (e.g. off-manifold flags).
         self.sample_hooks: list[Callable[[Session, StepSample, np.ndarray], None]] = []
         self._label = RANDOM_LABEL
+        self._curve_cache: dict[int, tuple] = {}
+        self._networks = 0  # counts the networks installed
         if checkpoint is not None:
             self._load(Path(checkpoint), env_name)
         else:
@@ -717,27 +792,14 @@ class Session:
         self._random(self.settings.env_name)
         return self.reset()
 
-    def save_timeline(self, path: str | Path) -> Path:
-        """Write the whole timeline (every branch, record and trace, the settings, the
-        checkpoint's identity and the networks' weights) to one file; see
-        ``viewer.timeline_file``. Returns the path."""
-        from viewer.timeline_file import save_timeline
-
-        return save_timeline(self, path)
-
-    def open_timeline(self, source: str | Path | Timeline, device: str | None = None) -> Timeline:
-        """Replace the episode, networks and settings with a saved timeline, as they were
-        saved: every branch (shared records still shared), the active branch, the step shown,
-        the episode counter, and the env, made by name, in the active branch's current state,
-        so play continues as it would have. On error nothing changes.
-
-        Returns the timeline read; its ``notes`` say what differs from where it was saved
-        (e.g. the checkpoint is missing here or has other files: its embedded weights are
-        used either way).
+    def open_timeline(self, timeline) -> None:
+        """Replace the episode, networks and settings with a timeline read from a file
+        (a ``viewer.timeline_file.Timeline``; ``viewer.timeline_file.open_timeline`` reads
+        and opens in one call), as they were saved: every branch (shared records still
+        shared), the active branch, the step shown, the episode counter, and the env, made by
+        name, in the active branch's current state, so play continues as it would have. On
+        error nothing changes.
         """
-        from viewer.timeline_file import Timeline, installed_label, read_timeline
-
-        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
         snap = timeline.branches[timeline.active].current.snapshot
         policy = timeline.policy
         # An env of the same id (same task) takes the snapshot as a new one would.
@@ -769,24 +831,11 @@ class Session:
         self.settings = timeline.settings
         self.config, self.checkpoint_path = timeline.config, timeline.checkpoint_path
         self._install(policy, timeline.critic)
-        self._label = installed_label(timeline)
+        self._label = timeline.installed_label
         self.branches = timeline.branches
         self.active, self.viewing = timeline.active, timeline.viewing
         self.episode, self.steps_taken = timeline.episode, timeline.steps_taken
         self._bump()
-        return timeline
-
-    @classmethod
-    def from_timeline(cls, source: str | Path | Timeline, device: str | None = None) -> Session:
-        """A new session on a saved timeline (``open_timeline``; notes are dropped: read the
-        file with ``viewer.timeline_file.read_timeline`` first to show them)."""
-        from viewer.timeline_file import Timeline, read_timeline
-
-        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
-        s = timeline.settings
-        session = cls(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
-        session.open_timeline(timeline)
-        return session
 
     # --- internals ----------------------------------------------------------------------
     def _bump(self) -> None:
@@ -800,8 +849,42 @@ class Session:
             physics=rec.snapshot.physics,
             overlay=overlay,
             record=rec,
+            view=self._view(),
             made_at=time.perf_counter(),
         )
+
+    def _view(self) -> SessionView:
+        spec = getattr(self.env, "spec", None)
+        return SessionView(
+            version=self.version,
+            label=self.label,
+            random=self.label == RANDOM_LABEL,
+            settings=self.settings,
+            sampled=self.current.sample.settings,
+            episode=self.episode,
+            live_step=self.step_index,
+            scrubbing=self.viewing is not None,
+            max_steps=getattr(spec, "max_episode_steps", None),
+            episode_return=self.episode_return,
+            success=self.success,
+            done=self.done,
+            curves=self._curves(self.branch),
+            branches=tuple(BranchView(b.id, b.label, self._curves(b)) for b in self.branches),
+            active=self.branch.id,
+            checkpoint=str(self.checkpoint_path or ""),
+            networks=self._networks,
+        )
+
+    def _curves(self, branch: Branch) -> dict[str, np.ndarray]:
+        """``episode_curves`` of ``branch``, remembered while its history is unchanged (a
+        branch not played on is not recomputed at every step of another)."""
+        key = (len(branch.history), id(branch.history[-1]) if branch.history else None)
+        cached = self._curve_cache.get(branch.id)
+        if cached is not None and cached[0] is branch and cached[1] == key:
+            return cached[2]
+        curves = self.episode_curves(branch.id)
+        self._curve_cache[branch.id] = (branch, key, curves)
+        return curves
 
     def branch_paths(self) -> list[Polyline]:
         """The effector path of every branch in its colour, once there is more than one
@@ -973,6 +1056,7 @@ class Session:
         for net in (policy, critic):
             net.to(device).eval().requires_grad_(False)
         self.policy, self.critic = policy, critic
+        self._networks += 1
 
     def _to_device(self, device: str) -> None:
         for net in (self.policy, self.critic):
@@ -997,6 +1081,7 @@ class Session:
         self.checkpoint_path = path.resolve()
         self.settings = replace(self.settings, env_name=name)
         self.policy, self.critic = policy, critic
+        self._networks += 1
 
     def timeline_nbytes(self) -> int:
         """Bytes of the arrays and tensors held by the episode's records (every branch's

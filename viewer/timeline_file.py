@@ -182,6 +182,14 @@ class Timeline:
     code_version: str = ""
     path: Path | None = None
 
+    @property
+    def installed_label(self) -> str:
+        """The policy's label once opened: the checkpoint's name when it is here with the
+        same files, else the saved label, marked when the weights came from the file alone."""
+        if self.checkpoint_path is not None or self.label in (RANDOM_LABEL, CUSTOM_LABEL):
+            return self.label
+        return f"{self.label} (weights from the timeline)"
+
 
 def default_path(env_name: str, directory: str | Path = TIMELINE_DIR) -> Path:
     """``<directory>/<env>-<YYYYmmdd-HHMMSS>.timeline.safetensors`` relative to the working
@@ -835,9 +843,26 @@ def _timeline(
     )
 
 
-def installed_label(timeline: Timeline) -> str:
-    """The policy's label once opened: the checkpoint's name when it is here with the same
-    files, else the saved label, marked when the weights came from the file alone."""
-    if timeline.checkpoint_path is not None or timeline.label in (RANDOM_LABEL, CUSTOM_LABEL):
-        return timeline.label
-    return f"{timeline.label} (weights from the timeline)"
+def open_timeline(
+    session: Session, source: str | os.PathLike | Timeline, device: str | None = None
+) -> Timeline:
+    """Read ``source`` (unless it is a ``Timeline`` already) and install it in ``session``
+    (``Session.open_timeline``; on error the session is unchanged).
+
+    Returns the timeline read; its ``notes`` say what differs from where it was saved
+    (e.g. the checkpoint is missing here or has other files: its embedded weights are used
+    either way).
+    """
+    timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+    session.open_timeline(timeline)
+    return timeline
+
+
+def open_session(source: str | os.PathLike | Timeline, device: str | None = None) -> Session:
+    """A new session on a saved timeline (``open_timeline``; notes are dropped: read the
+    file with ``read_timeline`` first to show them)."""
+    timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+    s = timeline.settings
+    session = Session(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
+    session.open_timeline(timeline)
+    return session
