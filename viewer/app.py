@@ -164,6 +164,8 @@ class ViewerApp:
     ) -> None:
         self.session = session
         self.width, self.height = width, height
+        # View preferences live here, not in the session's settings.
+        self.log_weight = True  # the weight slider's scale: log10 w, else w
         self.messages: deque[Message] = deque(maxlen=50)
         self.errors = 0
         self.panels: list[Callable[[ViewerApp], None]] = []
@@ -820,7 +822,7 @@ class ViewerApp:
             self._inputs.append(t["weight_input"])
             t["log"] = dpg.add_checkbox(
                 label="log scale",
-                default_value=s.log_weight,
+                default_value=self.log_weight,
                 callback=cb("log", self.on_log_weight),
             )
             t["estimator"] = dpg.add_combo(
@@ -1144,11 +1146,13 @@ class ViewerApp:
             self.frames.configure(width=aw, height=ah)
 
     def _log_weight(self) -> bool:
-        return bool(dpg.get_value(self._tags["log"]))
+        return self.log_weight
 
     def _set_log(self, log: bool) -> None:
+        """The weight slider's scale, a view preference (the session does not know it)."""
         t = self._tags
-        w = self.session.settings.weight
+        self.log_weight = log
+        w = float(dpg.get_value(t["weight_input"]))
         if log:
             dpg.configure_item(
                 t["weight_slider"], min_value=W_LOG_MIN, max_value=W_LOG_MAX, format="10^%.2f"
@@ -1159,7 +1163,6 @@ class ViewerApp:
                 t["weight_slider"], min_value=0.0, max_value=W_LINEAR_MAX, format="%.3f"
             )
             dpg.set_value(t["weight_slider"], w)
-        self.command("log", lambda s: s.update(log_weight=log))
 
     def _show_weight(self, w: float) -> None:
         t = self._tags
@@ -1173,9 +1176,9 @@ class ViewerApp:
         """Set every control from the session's settings (after start or a switch)."""
         s = self.session.settings
         t = self._tags
-        dpg.set_value(t["log"], s.log_weight)
-        self._set_log(s.log_weight)
+        dpg.set_value(t["log"], self.log_weight)
         self._show_weight(s.weight)
+        self._set_log(self.log_weight)
         dpg.set_value(t["estimator"], s.estimator)
         dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(s.estimator, ""))
         dpg.set_value(t["steps"], s.steps)

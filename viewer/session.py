@@ -87,12 +87,10 @@ class Settings(StepSettings):
 
     Attributes:
         env_name: OGBench dataset-style name, e.g. ``cube-single-play-singletask-task2-v0``.
-        log_weight: the weight slider's scale (log or linear); no effect on sampling.
         device: torch device of the networks.
     """
 
     env_name: str = DEFAULT_ENV
-    log_weight: bool = True
     device: str = "cpu"
 
 
@@ -677,9 +675,8 @@ class Session:
         if new == self.settings:
             return self.current
         resampled = {k: v for k, v in changes.items() if k in RESAMPLE_FIELDS}
-        at_past_step = self.viewing is not None and set(changes) <= RESAMPLE_FIELDS | {"log_weight"}
+        at_past_step = self.viewing is not None and set(changes) <= RESAMPLE_FIELDS
         if at_past_step and any(getattr(new, k) != getattr(self.settings, k) for k in resampled):
-            self.settings = replace(self.settings, log_weight=new.log_weight)
             return self.branch_from(self.viewing, **resampled)
         old, self.settings = self.settings, new
         try:

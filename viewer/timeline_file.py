@@ -105,6 +105,9 @@ _BRANCH_FIELDS = ("id", "parent", "fork", "history", "current")
 # Settings fields stored under another name: version 1 called ``pick_best`` ``best_of``.
 _SETTINGS_KEYS = {"pick_best": "best_of"}
 _SETTINGS_FIELDS = {v: k for k, v in _SETTINGS_KEYS.items()}
+# Keys version 1 stores that are no longer settings (the weight slider's scale is a view
+# preference now): written with this value for version-1 readers, ignored when read.
+_SETTINGS_RETIRED = {"log_weight": True}
 SCHEMA: dict[type, tuple[str, ...]] = {
     Settings: tuple(f.name for f in fields(Settings)),
     DenoiseTrace: _TRACE_TENSORS + _TRACE_SCALARS,
@@ -278,9 +281,8 @@ class _Writer:
         # By value: settings are frozen, and equal ones are interchangeable.
         if s not in self._settings:
             self._settings[s] = len(self.tables["settings"])
-            self.tables["settings"].append(
-                {_SETTINGS_KEYS.get(k, k): _scalar(getattr(s, k)) for k in SCHEMA[Settings]}
-            )
+            stored = {_SETTINGS_KEYS.get(k, k): _scalar(getattr(s, k)) for k in SCHEMA[Settings]}
+            self.tables["settings"].append({**stored, **_SETTINGS_RETIRED})
         return self._settings[s]
 
     def snapshot(self, snap: EnvSnapshot) -> int:
@@ -602,7 +604,8 @@ class _Reader:
 
     def settings(self, i: int) -> Settings:
         def build(d: dict[str, Any]) -> Settings:
-            settings = Settings(**{_SETTINGS_FIELDS.get(k, k): v for k, v in d.items()})
+            kept = {k: v for k, v in d.items() if k not in _SETTINGS_RETIRED}
+            settings = Settings(**{_SETTINGS_FIELDS.get(k, k): v for k, v in kept.items()})
             # The device is where the networks are now, for every record alike.
             return replace(settings, device=self.device) if self.moved else settings
 
