@@ -170,14 +170,8 @@ class FrameStream:
 
     def wait_served(self, ticket: int, timeout: float = 30.0) -> bool:
         """Block until a frame made after request ``ticket`` is ready; False on timeout."""
-        end = time.monotonic() + timeout
         with self._cv:
-            while self.served < ticket:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: self.served >= ticket, timeout)
 
     def move_camera(self, kind: str, dx: float, dy: float) -> int:
         """Orbit / pan / zoom by a mouse motion (fractions of the image height)."""
@@ -244,14 +238,8 @@ class FrameStream:
 
     def wait_frame(self, after: int, timeout: float = 10.0) -> bool:
         """Block until more than ``after`` frames were rendered; False on timeout."""
-        end = time.monotonic() + timeout
         with self._cv:
-            while self.stats.frames <= after:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: self.stats.frames > after, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:
