@@ -27,7 +27,8 @@ window, test_window_tests = window_tests(__file__, "QGF_VIEWER_COMPARE_WINDOW_TE
 
 @pytest.fixture(scope="module")
 def app():
-    from viewer.session import Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Settings
 
     # The shipped checkpoint (distances to its data), random weights without one.
     settings = Settings(env_name=ENV, steps=5, candidates=N, weight=0.3)

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from viewer.session import Session, Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Session, Settings
 
     if timeline is not None:
         # A light session on the timeline's env; the app's worker then installs the timeline

@@ -46,7 +46,6 @@ default at 32 KB per step.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 
 from core import envs
+from core.defaults import DEFAULT_ENV, random_networks
 from core.guidance import DenoiseTrace
 from core.models import Critic, VelocityField
 from core.render import Overlay, Polyline, scene_rgba
@@ -68,12 +68,8 @@ from core.step import (
     step_noise,
 )
 
-DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 RANDOM_LABEL = "random weights"
 CUSTOM_LABEL = "custom networks"
-# Random-weight fallback networks: small, so the app is responsive before any checkpoint.
-_RANDOM_HIDDEN = (256, 256, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -403,29 +399,12 @@ class Timings:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def default_checkpoint(root: Path = CHECKPOINT_ROOT) -> Path | None:
-    """The shipped default checkpoint: ``root/<DEFAULT_ENV>``, else the newest directory in
-    ``root`` whose config is for ``DEFAULT_ENV``; None when there is none."""
-    path = root / DEFAULT_ENV
-    if (path / "config.json").exists():
-        return path
-    found = []
-    for config in root.glob("*/config.json"):
-        try:
-            env = json.loads(config.read_text()).get("env")
-        except (OSError, ValueError):
-            continue
-        if env == DEFAULT_ENV:
-            found.append((config.stat().st_mtime, config.parent))
-    return max(found)[1] if found else None
-
-
 class Session:
     """One env, one policy and critic, the settings and the history of the episode.
 
     Args:
         checkpoint: checkpoint directory; None opens random weights for ``settings.env_name``
-            (use ``default_checkpoint()`` for the shipped one).
+            (``core.defaults.default_checkpoint()`` is the shipped one).
         settings: initial settings (``env_name`` is taken from the checkpoint when given and
             the settings do not name one explicitly).
         env_name: overrides ``settings.env_name``.
@@ -1038,14 +1017,7 @@ class Session:
         )
         if same:
             return
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        try:
-            policy = VelocityField(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
-            critic = Critic(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
-        finally:
-            torch.random.set_rng_state(gen_state)
-        self._install(policy, critic)
+        self._install(*random_networks(obs_dim, act_dim))
         self._label = RANDOM_LABEL
 
     def _install(self, policy: VelocityField, critic: Critic) -> None:

@@ -50,12 +50,12 @@ from core.checkpoints import (
     code_version,
     read_config,
 )
+from core.defaults import CHECKPOINT_ROOT
 from core.envs import EnvSnapshot
 from core.guidance import ESTIMATORS, DenoiseTrace
 from core.models import Critic, EnsembleLayerNorm, EnsembleLinear, VelocityField
 from viewer.manifold_view import CandidateDistances
 from viewer.session import (
-    CHECKPOINT_ROOT,
     CUSTOM_LABEL,
     RANDOM_LABEL,
     Branch,
