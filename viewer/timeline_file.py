@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -52,6 +51,7 @@ from core.checkpoints import (
 )
 from core.defaults import CHECKPOINT_ROOT
 from core.envs import EnvSnapshot
+from core.files import atomic_write
 from core.guidance import ESTIMATORS, DenoiseTrace
 from core.models import Critic, EnsembleLayerNorm, EnsembleLinear, VelocityField
 from viewer.manifold_view import CandidateDistances
@@ -435,21 +435,6 @@ def _digest(document: str, tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``;
-    on any error the temporary file is removed and ``path`` is left as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_timeline(session: Session, path: str | os.PathLike) -> Path:
     """Write ``session``'s whole timeline to ``path`` (one file, atomically).
 
@@ -500,7 +485,7 @@ def save_timeline(session: Session, path: str | os.PathLike) -> Path:
         "document": document,
         "sha256": _digest(document, w.tensors),
     }
-    write_atomic(path, lambda tmp: save_tensors(w.tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_tensors(w.tensors, str(tmp), metadata=metadata))
     return path
 
 
