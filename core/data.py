@@ -531,7 +531,8 @@ def _dataset_files(parsed: EnvName, path: str | os.PathLike | None, dataset_dir:
     looked = ", ".join(str(c) for c in candidates)
     raise DatasetError(
         f"dataset {stem} not found (looked at {looked}). OGBench datasets cannot be downloaded "
-        f"here; generate one with `qgf datagen --env {stem} --out DIR` and pass path=DIR."
+        f"here; generate one with `qgf datagen --env {stem} --out DIR`, then pass DIR "
+        "(`qgf train --data DIR`, or path=DIR from Python)."
     )
 
 
