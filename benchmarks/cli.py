@@ -4,6 +4,10 @@ A benchmark is a module ``benchmarks.<name>`` exposing ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int | None``, like a ``qgf`` command; a
 ``--quick`` option, when it has one, is what ``qgf bench --quick`` passes to it. Modules are
 imported only when they run, so ``qgf bench guidance`` never loads the viewer.
+
+``qgf bench`` with no name runs every benchmark in a process of its own: a Dear PyGui window
+and MuJoCo's EGL in one process break later EGL contexts (``bench record`` after
+``bench viewer`` failed with EGL_BAD_ACCESS).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import subprocess
 import sys
 
 HELP = "benchmarks: guidance, viewer, record, landscape (prints a table)"
@@ -49,6 +54,12 @@ def _parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def run_apart(name: str, options: list[str]) -> int:
+    """Run one benchmark in a new process (``qgf bench NAME OPTIONS``); its exit status."""
+    cmd = [sys.executable, "-m", "core.cli", "bench", name, *options]
+    return subprocess.run(cmd).returncode
+
+
 def run(args: argparse.Namespace) -> int:
     if args.name:
         parser, module = _parser(args.name)
@@ -56,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         return int(module.run(parser.parse_args(options)) or 0)
     failed = []
     for name in available():
-        parser, module = _parser(name)
-        options, unknown = parser.parse_known_args(["--quick"] if args.quick else [])
+        parser, _ = _parser(name)
+        options = ["--quick"] if args.quick else []
+        _, unknown = parser.parse_known_args(options)
         if unknown:  # this benchmark has no quick mode
-            options = parser.parse_args([])
+            options = []
         print(f"== qgf bench {name}", flush=True)
-        rc = int(module.run(options) or 0)
-        if rc:
+        if run_apart(name, options):
             failed.append(name)
         print(flush=True)
     if failed:

@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from core.checkpoints import load_checkpoint
+    from core.defaults import default_checkpoint
     from core.guidance import guided_sample
     from core.landscape import SliceSpec, critic_landscape
     from core.manifold import DataManifold
-    from viewer.session import default_checkpoint
 
     torch.set_num_threads(args.threads)
     path = args.checkpoint or default_checkpoint()

@@ -28,7 +28,6 @@ from pathlib import Path
 HELP = "recording fps (rollout + overlays + render + caption + encode) vs render + encode alone"
 
 TARGET_RATIO = 0.8
-_RANDOM_HIDDEN = (256, 256, 256, 256)
 _QUICK_FRAMES = 20
 
 
@@ -58,8 +57,7 @@ def _networks(checkpoint: str | None, device: str):
     """``(policy, critic, env_name, steps, label, off_manifold)``: a checkpoint's (with the
     off-manifold flagger ``qgf record`` builds from it), else random ones (no flags)."""
     from core.checkpoints import load_checkpoint
-    from core.commands.record import DEFAULT_ENV, default_checkpoint
-    from core.models import Critic, VelocityField
+    from core.defaults import DEFAULT_ENV, RANDOM_HIDDEN, default_checkpoint, random_networks
 
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     if path is not None and (path / "config.json").exists():
@@ -71,14 +69,8 @@ def _networks(checkpoint: str | None, device: str):
         return policy, critic, config.env, config.flow_steps, label, flags
     if checkpoint:
         raise SystemExit(f"qgf bench record: no checkpoint at {path}")
-    import torch
-
-    torch.manual_seed(0)
-    policy = VelocityField(28, 5, hidden=_RANDOM_HIDDEN)
-    critic = Critic(28, 5, hidden=_RANDOM_HIDDEN)
-    for net in (policy, critic):
-        net.to(device).eval().requires_grad_(False)
-    return policy, critic, DEFAULT_ENV, 10, f"random networks {list(_RANDOM_HIDDEN)}", None
+    policy, critic = random_networks(28, 5, device)
+    return policy, critic, DEFAULT_ENV, 10, f"random networks {list(RANDOM_HIDDEN)}", None
 
 
 def _render_encode(recording, frames: int, out: Path) -> tuple[float, float]:

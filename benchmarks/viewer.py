@@ -183,9 +183,10 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     import torch
 
+    from core.defaults import default_checkpoint
     from core.render import RenderSettings, preset_camera
     from viewer.display import ensure_display
-    from viewer.session import Session, Settings, default_checkpoint
+    from viewer.session import Session, Settings
 
     if ensure_display() is None:
         print("qgf bench viewer: no display and Xvfb is not installed", file=sys.stderr)

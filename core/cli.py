@@ -4,6 +4,10 @@ Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_argu
 and ``run(args) -> int | None``. Headless commands are listed here; packages that depend on
 core (the viewer, the benchmarks) add theirs through the ``qgf.commands`` entry-point group,
 so core never imports them. A command's module is imported only when that command runs.
+
+Errors: an exception that ends a command is printed as one line, ``qgf COMMAND: error: ...``,
+and the exit status is 2 (as for a bad option); ``--debug``, accepted by every command,
+shows the whole traceback instead. Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -71,8 +75,32 @@ def main(argv: list[str] | None = None) -> int:
     module: ModuleType = importlib.import_module(commands[name].split(":")[0])
     parser = argparse.ArgumentParser(prog=f"qgf {name}", description=module.HELP)
     module.add_arguments(parser)
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the whole traceback"
+    )
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"qgf {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"qgf {name}: error: {error_line(e)} (--debug: traceback)", file=sys.stderr)
+        return 2
+
+
+def error_line(e: BaseException) -> str:
+    """An exception as one line: its message (whitespace collapsed), named by its type
+    unless it is a plain mistake (a bad value, a missing file, an unknown name, or one of
+    the project's own errors such as ``CheckpointError``)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename is not None:
+        text = f"no such file or directory: {e.filename}"
+    own = type(e).__module__.split(".")[0] in ("core", "viewer", "benchmarks")
+    plain = own or isinstance(e, (ValueError, OSError, LookupError))
+    return text if plain else f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from core.envs import EnvName, parse_name, reset
+from core.files import atomic_write
 
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 EPISODE_STEPS = 1001
@@ -304,22 +304,12 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> N
     The data goes to a temporary file in the same directory, is flushed to disk, then renamed
     over ``path``: a crash leaves either the old file or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def dataset_paths(out: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -541,7 +531,8 @@ def _dataset_files(parsed: EnvName, path: str | os.PathLike | None, dataset_dir:
     looked = ", ".join(str(c) for c in candidates)
     raise DatasetError(
         f"dataset {stem} not found (looked at {looked}). OGBench datasets cannot be downloaded "
-        f"here; generate one with `qgf datagen --env {stem} --out DIR` and pass path=DIR."
+        f"here; generate one with `qgf datagen --env {stem} --out DIR`, then pass DIR "
+        "(`qgf train --data DIR`, or path=DIR from Python)."
     )
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoints import CheckpointConfig, check_env_dims, write_json_atomic
+from core.checkpoints import CheckpointConfig, check_env_dims
+from core.files import atomic_write, write_json
 from core.guidance import ESTIMATORS, QFn, VelocityFn, guided_sample
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -360,17 +361,15 @@ def plot_sweep(result: EvalResult, path: str | os.PathLike) -> Path:
     ax_s.set_ylim(-2, 102)
     steps = f", {result.training_steps} training steps" if result.training_steps else ""
     fig.suptitle(f"{result.env}: {result.episodes} episodes per point{steps} (95% CI)")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def write_result(result: EvalResult, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``eval.json`` and ``eval.png`` into directory ``out`` (atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "eval.json", result.to_json())
+    write_json(out / "eval.json", result.to_json())
     return out / "eval.json", plot_sweep(result, out / "eval.png")

@@ -420,7 +420,7 @@ def episode_slices(
     """
     from core import envs
     from core.guidance import guided_sample
-    from core.recording import step_noise
+    from core.step import step_noise
 
     spec = spec or SliceSpec()
     shown_weights = [float(w) for w in (weights or [weight])]
@@ -485,10 +485,10 @@ def write_episode_slices(
 ) -> list:
     """Each slice as ``step<t>-w<w>.png`` per weight and ``step<t>.npz`` (the landscape's
     arrays, the state, and every weight's paths) in directory ``out``, each atomically."""
-    import os
     from pathlib import Path
 
     from core.data import save_npz_atomic
+    from core.files import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -498,10 +498,7 @@ def write_episode_slices(
         for w, p in s.paths.items():
             fig = figure(s.landscape, p, f"{title}, step {s.step}, {p.label}", dim_names)
             path = out / f"step{s.step}-w{w:g}.png"
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, path)
-            written.append(path)
+            written.append(atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, dpi=100)))
             for name in ("a_hat", "final", "ghost_a_hat", "ghost_final", "grad", "off_manifold"):
                 value = getattr(p, name)
                 if value is not None:

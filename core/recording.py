@@ -44,13 +44,11 @@ import torch
 from torch import Tensor
 
 from core.envs import (
-    action_to_ee_targets,
-    effector_state,
     make_env,
     parse_name,
     reset,
 )
-from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
+from core.guidance import ESTIMATORS, DenoiseTrace
 from core.render import (
     CAMERA_PRESETS,
     Overlay,
@@ -58,6 +56,7 @@ from core.render import (
     RenderSettings,
     SceneRenderer,
 )
+from core.step import StepSettings, effector_paths, sample_step, step_noise
 from core.video import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -100,8 +99,8 @@ class RecordSettings:
             ``noise_seed(seed + e, k)`` (as the viewer with seed ``seed + e``).
         steps: Euler steps T of the sampler.
         candidates: N candidates sampled (and drawn) per step.
-        best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0, which
-            is what a single-sample policy with this seed does (the viewer's convention).
+        pick_best: execute the candidate of highest Q (best-of-N); otherwise candidate 0,
+            which is what a single-sample policy with this seed does (``core.step``).
         max_steps: cap on env steps per episode (None: the env's own time limit).
         width, height: size of one panel's scene render in pixels.
         fps: playback frame rate.
@@ -124,7 +123,7 @@ class RecordSettings:
     seed: int = 0
     steps: int = 10
     candidates: int = 8
-    best_of: bool = False
+    pick_best: bool = False
     max_steps: int | None = None
     width: int = 320
     height: int = 240
@@ -181,6 +180,17 @@ class RecordSettings:
     def grid_cols(self) -> int:
         return self.cols or len(self.weights)
 
+    def step_settings(self, panel: Panel, episode: int = 0) -> StepSettings:
+        """The sampling settings of ``panel`` in episode ``episode`` (``core.step``)."""
+        return StepSettings(
+            weight=panel.weight,
+            estimator=panel.estimator,
+            steps=self.steps,
+            candidates=self.candidates,
+            pick_best=self.pick_best,
+            seed=self.seed + episode,
+        )
+
 
 def parse_layers(spec: str) -> OverlayLayers:
     """``"denoise,executed"`` -> only those layers; ``"all"`` or ``"none"``.
@@ -201,68 +211,10 @@ def parse_layers(spec: str) -> OverlayLayers:
     return OverlayLayers(**{name: name in chosen for name in LAYER_NAMES})
 
 
-def noise_seed(seed: int, step: int) -> int:
-    """Seed of the denoising noise at env step ``step`` of an episode started from ``seed``.
-
-    The viewer's convention, so that ``qgf record --seed S`` draws the noise the viewer
-    draws with seed S (episode ``e`` of a recording is the viewer's seed ``S + e``).
-    """
-    return (int(seed) * 1_000_003 + int(step)) % (2**63)
-
-
-def step_noise(seed: int, step: int, candidates: int, action_dim: int) -> Tensor:
-    """``[candidates, A]`` float32 initial noise a_0 at env step ``step``, on the CPU."""
-    generator = torch.Generator().manual_seed(noise_seed(seed, step))
-    return torch.randn(candidates, action_dim, generator=generator)
-
-
 def env_label(env_name: str) -> str:
     """Caption name: ``cube-single-play-singletask-task2-v0`` -> ``cube-single task2``."""
     parsed = parse_name(env_name)
     return parsed.family + (f" task{parsed.task_id}" if parsed.task_id else "")
-
-
-def overlay_from_trace(
-    env,
-    trace: DenoiseTrace,
-    row: int,
-    executed: int,
-    ghost: DenoiseTrace | None = None,
-    off_manifold: Tensor | None = None,
-) -> Overlay:
-    """The overlay of one row of a sampling call, in world coordinates, as the viewer draws it.
-
-    Every candidate's action (a chunk of ``H`` env actions) is mapped to end-effector targets
-    with the env's own scaling and workspace clip, starting from the effector's current pose.
-
-    Args:
-        env: the row's env, in the state the row was sampled at.
-        trace: a ``guided_sample`` trace on the CPU; ``a_hat [T, B*, H*5]``.
-        row: which row ``b`` of the trace (its candidates are ``b*N .. b*N + N - 1``).
-        executed: the executed candidate of the row, in 0..N-1.
-        ghost: the unguided (w = 0, same noise) trace of the same rows, or None.
-        off_manifold: ``[B*]`` bool flags of the trace's candidates, or None.
-    """
-    n = trace.best_of
-    rows = slice(row * n, (row + 1) * n)
-    a_hat = trace.a_hat[:, rows].numpy()
-    steps = a_hat.shape[0]
-    parts = [a_hat.reshape(steps * n, -1, 5), trace.final[rows].numpy().reshape(n, -1, 5)]
-    if ghost is not None:
-        parts.append(ghost.final[rows].numpy().reshape(n, -1, 5))
-    # One call for every path: they all start from the same effector pose.
-    targets = action_to_ee_targets(env, np.concatenate(parts))
-    xyz = targets.xyz
-    return Overlay(
-        origin=effector_state(env)[0],
-        denoise=xyz[: steps * n].reshape(steps, n, -1, 3),
-        final=xyz[steps * n : steps * n + n],
-        executed=executed,
-        ghost=xyz[steps * n + n :] if ghost is not None else None,
-        gripper=targets.gripper[steps * n + executed],
-        off_manifold=None if off_manifold is None else off_manifold[rows].numpy(),
-        nonfinite=trace.nonfinite[rows].numpy(),
-    )
 
 
 @dataclass
@@ -272,16 +224,16 @@ class PanelEpisode:
     Attributes:
         panel: its weight and estimator.
         episode: episode index.
-        steps: env steps taken.
+        env_steps: env steps taken.
         success: the env reported success.
         ret: undiscounted return.
-        q: ``[steps]`` Q of the executed action (chunk) at each step.
-        actions: ``[steps, action_dim]`` the env actions executed.
+        q: ``[env_steps]`` Q of the executed action (chunk) at each step.
+        actions: ``[env_steps, action_dim]`` the env actions executed.
     """
 
     panel: Panel
     episode: int
-    steps: int
+    env_steps: int
     success: bool
     ret: float
     q: list[float]
@@ -354,7 +306,7 @@ class _PanelRun:
 
 @dataclass
 class _Sampled:
-    """One panel's candidates at one state, on the CPU (from ``sample_with_ghost``), with
+    """One panel's candidates at one state, on the CPU (from ``core.step.sample_step``), with
     the executed candidate, its Q and the overlay, made on the worker while the env is at
     that state."""
 
@@ -481,19 +433,20 @@ class Recording:
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=self.device)
         out = []
         for o, run in zip(obs, runs, strict=True):
-            p = run.panel
-            guided, ghost = sample_with_ghost(
-                self.policy, self.critic, o, p.estimator, p.weight, s.steps, noise
-            )
+            draw = sample_step(self.policy, self.critic, o, s.step_settings(run.panel), noise)
             flags = None
             if s.layers.off_manifold and self.off_manifold is not None:
-                flags = self.off_manifold(o.expand(s.candidates, -1), guided.final).cpu()
-            guided = guided.to("cpu")
-            executed = int(guided.chosen[0]) if s.best_of else 0
-            overlay = overlay_from_trace(
-                run.env, guided, 0, executed, ghost.to("cpu") if s.layers.ghost else None, flags
+                flags = self.off_manifold(o.expand(s.candidates, -1), draw.guided.final).cpu()
+            guided = draw.guided.to("cpu")
+            ghost = draw.ghost.to("cpu").final.numpy() if s.layers.ghost else None
+            paths = effector_paths(run.env, guided.a_hat.numpy(), guided.final.numpy(), ghost)
+            overlay = paths.overlay(
+                draw.executed,
+                None if flags is None else flags.numpy(),
+                guided.nonfinite.numpy(),
             )
-            out.append(_Sampled(guided, executed, float(guided.q_final[executed]), overlay))
+            q = float(guided.q_final[draw.executed])
+            out.append(_Sampled(guided, draw.executed, q, overlay))
         self.sampler_s += time.perf_counter() - start
         return out
 
@@ -698,41 +651,6 @@ class Recording:
 def _success(outcome: tuple) -> bool:
     """Whether an ``env.step`` result reports success."""
     return bool(outcome[4].get("success", False))
-
-
-def sample_with_ghost(
-    policy: torch.nn.Module,
-    critic: Callable[[Tensor, Tensor], Tensor],
-    obs: Tensor,
-    estimator: str,
-    weight: float,
-    steps: int,
-    noise: Tensor,
-) -> tuple[DenoiseTrace, DenoiseTrace]:
-    """N guided candidates of one state and the unguided ghost, from the same noise.
-
-    One ``guided_sample`` call of two rows, ``[guided at weight, same at 0]``: the call the
-    viewer's session makes, so a panel and the viewer with the same seed draw the same.
-
-    Args:
-        obs: ``[O]`` the state.
-        noise: ``[N, A]`` initial noise a_0 of the N candidates.
-
-    Returns:
-        ``(guided, ghost)``, one-row traces with ``best_of = N``.
-    """
-    n = noise.shape[0]
-    trace = guided_sample(
-        policy,
-        critic,
-        obs[None].expand(2, -1),
-        estimator=estimator,
-        weight=torch.tensor([weight, 0.0], device=obs.device),
-        steps=steps,
-        noise=torch.cat([noise, noise]).to(obs.device),
-        best_of=n,
-    )
-    return trace.row(0), trace.row(1)
 
 
 def record(

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity, q_optimisation
+from core.files import atomic_write, write_json
 from core.guidance import ESTIMATORS, QFn, VelocityFn, euler
 from core.manifold import DataManifold
 
@@ -342,10 +343,7 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def _title(report: DiagnoseReport) -> str:
@@ -557,12 +555,11 @@ def _weight(row: dict) -> float:
 
 def write_report(report: DiagnoseReport, out: str | os.PathLike) -> dict[str, Path]:
     """Write ``diagnose.json`` and the figures into directory ``out`` (each atomically)."""
-    from core.checkpoints import write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "diagnose.json"}
-    write_json_atomic(paths["json"], report.to_json())
+    write_json(paths["json"], report.to_json())
     if any(len(r.noise_sensitivity) for r in report.results):
         paths["noise_sensitivity"] = _save(
             figure_noise_sensitivity(report), out / "noise_sensitivity.png"

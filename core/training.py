@@ -52,6 +52,7 @@ from core.checkpoints import (
     save_checkpoint,
     sha256_arrays,
 )
+from core.defaults import DEFAULT_ENV
 from core.models import Critic, VelocityField
 
 
@@ -64,7 +65,7 @@ class TrainConfig:
     cube-single (design/PLATFORM.md). discount 0.99 is FQL's value, the one measured there.
     """
 
-    env: str = "cube-single-play-singletask-task2-v0"
+    env: str = DEFAULT_ENV
     steps: int = 30_000
     batch_size: int = 256
     hidden: tuple[int, ...] = (256, 256, 256, 256)

@@ -279,6 +279,7 @@ def test_view_imports_on_the_fly_into_a_cache(tmp_path):
 
 def test_a_session_plays_an_imported_fql_agent_and_keeps_it_in_a_timeline(imported, tmp_path):
     from viewer.session import Session, Settings
+    from viewer.timeline_file import open_session, save_timeline
 
     settings = Settings(env_name=ENV, steps=4, candidates=3, weight=0.03)
     s = Session(imported["fql"], settings=settings)
@@ -288,7 +289,7 @@ def test_a_session_plays_an_imported_fql_agent_and_keeps_it_in_a_timeline(import
             s.step()
         assert np.isnan(s.current.v)  # V is unavailable, never invented
         assert np.isfinite(s.current.q)
-        opened = Session.from_timeline(s.save_timeline(tmp_path / "fql.timeline.safetensors"))
+        opened = open_session(save_timeline(s, tmp_path / "fql.timeline.safetensors"))
         try:
             assert opened.config.onestep_policy and opened.onestep is not None
             assert opened.critic.aggregate == "mean" and not opened.critic.has_value

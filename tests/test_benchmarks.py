@@ -36,6 +36,12 @@ def fakes(monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks.fake_b", _fake("fake_b", calls, quick=False))
     monkeypatch.setattr(cli, "BENCHMARKS", ("fake_a", "missing", "fake_b"))
     monkeypatch.setattr(cli, "available", lambda: ["fake_a", "fake_b"])
+
+    def in_process(name: str, options: list[str]) -> int:  # the fakes live in this process
+        parser, module = cli._parser(name)
+        return int(module.run(parser.parse_args(options)) or 0)
+
+    monkeypatch.setattr(cli, "run_apart", in_process)
     return calls
 
 
@@ -56,6 +62,11 @@ def test_bench_without_a_name_runs_every_one_and_passes_quick_where_known(fakes,
     assert "== qgf bench fake_a" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # options without a benchmark name are refused
         _bench(["--n", "2"])
+
+
+def test_each_benchmark_of_a_full_run_gets_a_process_of_its_own(capfd):
+    assert cli.run_apart("guidance", ["--help"]) == 0
+    assert "qgf bench guidance" in capfd.readouterr().out
 
 
 def test_available_lists_existing_modules_in_order():

@@ -112,20 +112,20 @@ def test_acting_row():
         + [SimpleNamespace(label=best_of_label(N), estimator="none", best_of=True)]
     )
     assert acting_label(Settings(estimator="ood"), c) == "ood"
-    assert acting_label(Settings(estimator="none", best_of=True), c) == best_of_label(N)
-    assert acting_label(Settings(estimator="qgf", best_of=True), c) is None
+    assert acting_label(Settings(estimator="none", pick_best=True), c) == best_of_label(N)
+    assert acting_label(Settings(estimator="qgf", pick_best=True), c) is None
 
 
 def test_key_follows_state_noise_and_settings_not_the_estimator(live):
-    key = compare_key(live, live.current)
+    key = compare_key(live.frame().view, live.current)
     live.update(estimator="ood")
-    assert compare_key(live, live.current) == key  # same state, noise and weight
+    assert compare_key(live.frame().view, live.current) == key  # same state, noise and weight
     live.update(weight=0.25)
-    assert compare_key(live, live.current) != key
+    assert compare_key(live.frame().view, live.current) != key
     live.update(weight=BASE.weight)
-    assert compare_key(live, live.current) == key
+    assert compare_key(live.frame().view, live.current) == key
     live.step()
-    assert compare_key(live, live.current) != key
+    assert compare_key(live.frame().view, live.current) != key
 
 
 def test_a_past_step_is_compared_at_its_own_state(live):
@@ -134,7 +134,7 @@ def test_a_past_step_is_compared_at_its_own_state(live):
     live.view_step(1)
     rec = live.history[1]
     result = compare_step(live)
-    assert result.index == 1 and result.key == compare_key(live, rec)
+    assert result.index == 1 and result.key == compare_key(live.frame().view, rec)
     assert torch.equal(result.comparison.noise, rec.sample.noise)
     # Its paths start from that step's effector, not from the live one.
     assert np.allclose(result.origin, rec.sample.origin)
@@ -143,24 +143,29 @@ def test_a_past_step_is_compared_at_its_own_state(live):
     np.testing.assert_allclose(qgf[T:], rec.sample.ee_final[0], atol=1e-4)
 
 
-def test_frames_carry_the_paths_only_while_the_compared_step_is_shown(live):
-    app = SimpleNamespace(session=live, frames=SimpleNamespace(path_scale=2.0))
-    view = CompareView(app)
+def test_the_paths_are_a_layer_drawn_only_on_the_compared_step(live):
+    published = []
+    frames = SimpleNamespace(path_scale=2.0, set_layer=published.append)
+    view = CompareView(SimpleNamespace(session=live, frames=frames))
     plain = live.frame()
-    assert view.frame() is plain  # nothing compared yet
-    view.result = compare_step(live)
-    spec = view.frame()
+    view._publish()
+    assert published == [None]  # nothing compared yet
+    view._shown = view.result = compare_step(live)
+    view._publish()
+    layer = published[-1]
     rows = len(view.result.comparison.rows)
+    spec = layer.applied(plain)
     assert spec.version == plain.version and spec.record is plain.record
     assert len(spec.overlay.polylines) == len(plain.overlay.polylines) + 2 * rows
     assert spec.overlay.candidates == 0  # the step's own candidates are hidden meanwhile
-    assert view.frame() is spec  # cached while nothing changes
-    view.only_compared = False
-    spec = view.frame()
+    view._publish()
+    assert len(published) == 2  # published again only when something changed
+    view.set_paths(only_compared=False)
+    spec = published[-1].applied(plain)
     assert spec.overlay.candidates == N and len(spec.overlay.polylines) == 2 * rows
     np.testing.assert_array_equal(spec.overlay.final, plain.overlay.final)
-    view.show_paths = False
-    assert view.frame() is plain
-    view.show_paths = True
+    view.set_paths(show=False)
+    assert published[-1] is None
+    view.set_paths(show=True)
     live.step()
-    assert view.frame() is live.frame()  # another state: the comparison does not apply
+    assert published[-1].applied(live.frame()) is live.frame()  # another state

@@ -12,9 +12,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from core.defaults import default_checkpoint  # noqa: E402
 from core.manifold import DataManifold, weight_sweep  # noqa: E402
 from viewer.manifold_view import SWEEP_WEIGHTS, ManifoldAnalysis  # noqa: E402
-from viewer.session import Session, Settings, default_checkpoint  # noqa: E402
+from viewer.session import Session, Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

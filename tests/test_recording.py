@@ -16,7 +16,6 @@ from core.recording import (
     RecordSettings,
     parse_layers,
     record,
-    step_noise,
 )
 from core.video import DONE_COLOR, VideoWriter, caption_height
 
@@ -122,14 +121,6 @@ def test_bad_path_or_setting_fails_before_any_env_or_frame(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_noise_is_a_function_of_seed_and_step_only() -> None:
-    a = step_noise(3, 7, candidates=4, action_dim=5)
-    assert a.shape == (4, 5)
-    assert torch.equal(a, step_noise(3, 7, 4, 5))
-    assert not torch.equal(a, step_noise(3, 8, 4, 5))
-    assert not torch.equal(a, step_noise(4, 7, 4, 5))
-
-
 def test_cli_bad_input_exits_2_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,7 +161,7 @@ def test_recording_reads_back_with_expected_frames_and_size(tmp_path: Path, nets
     assert result.size == size
     frames = iio.imread(out)
     assert frames.shape == (result.frames, size[1], size[0], 3)
-    assert [(e.episode, e.steps) for e in result.episodes] == [(0, 3), (0, 3), (1, 3), (1, 3)]
+    assert [(e.episode, e.env_steps) for e in result.episodes] == [(0, 3), (0, 3), (1, 3), (1, 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.mp4"]
 
 
@@ -210,7 +201,7 @@ def test_a_panel_that_ends_early_holds_its_last_frame_marked_done(tmp_path: Path
         env.step = ends_after_two
         frames = spy(video)
         result = recording.run(video, progress=False)
-    assert [e.steps for e in result.episodes] == [5, 2]
+    assert [e.env_steps for e in result.episodes] == [5, 2]
     held = [panel(f, 1, scene_only=False) for f in frames[2:]]
     assert all(np.array_equal(held[0], h) for h in held)
     assert (held[0][0, W // 2] == DONE_COLOR).all()  # the amber frame of an ended episode

@@ -169,5 +169,5 @@ def test_import_of_a_hostile_file_prints_one_line_and_runs_nothing(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("qgf import:")]
-    assert len(lines) == 1 and "refused global posix.system" in lines[0]
+    assert len(lines) == 1 and "refused global posix.system" in lines[0], result.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()

@@ -27,14 +27,20 @@ from core import envs  # noqa: E402
 from core.checkpoints import WEIGHTS_FILE, CheckpointConfig, DatasetSample, save_checkpoint  # noqa: E402
 from core.models import Critic, VelocityField  # noqa: E402
 from viewer import timeline_file  # noqa: E402
-from viewer.manifold_view import CandidateDistances  # noqa: E402
-from viewer.session import CUSTOM_LABEL, RANDOM_LABEL, Session, Settings  # noqa: E402
+from viewer.session import (  # noqa: E402
+    CUSTOM_LABEL,
+    RANDOM_LABEL,
+    CandidateDistances,
+    Session,
+    Settings,
+)
 from viewer.timeline_file import (  # noqa: E402
     FORMAT,
     SUFFIX,
     TimelineError,
     check_schema,
     default_path,
+    open_session,
     read_timeline,
     save_timeline,
 )
@@ -95,7 +101,7 @@ def build_timeline(session: Session) -> None:
     play(session, 3)
     session.switch_branch(0)
     play(session, 2)
-    session.branch_from(7, seed=5, best_of=True)
+    session.branch_from(7, seed=5, pick_best=True)
     play(session, 1)
     session.view_step(5)
 
@@ -117,12 +123,12 @@ def original(checkpoint) -> Session:
 
 @pytest.fixture(scope="module")
 def saved(original, tmp_path_factory) -> Path:
-    return original.save_timeline(tmp_path_factory.mktemp("tl") / f"run{SUFFIX}")
+    return save_timeline(original, tmp_path_factory.mktemp("tl") / f"run{SUFFIX}")
 
 
 @pytest.fixture(scope="module")
 def opened(saved) -> Session:
-    s = Session.from_timeline(saved)
+    s = open_session(saved)
     yield s
     s.close()
 
@@ -254,8 +260,8 @@ def test_play_continues_after_opening_as_it_would_have(checkpoint, tmp_path):
     play(s, 5)
     s.branch_from(2, weight=0.4)
     play(s, 3)  # ends mid-chunk: the next step executes the chunk's second action
-    path = s.save_timeline(tmp_path / f"c{SUFFIX}")
-    again = Session.from_timeline(path)
+    path = save_timeline(s, tmp_path / f"c{SUFFIX}")
+    again = open_session(path)
     try:
         for _ in range(2):
             for session in (s, again):
@@ -278,7 +284,7 @@ def test_random_weights_and_custom_networks_reopen(tmp_path):
     s = Session(settings=BASE)
     try:
         play(s, 3)
-        opened = Session.from_timeline(s.save_timeline(tmp_path / f"r{SUFFIX}"))
+        opened = open_session(save_timeline(s, tmp_path / f"r{SUFFIX}"))
         assert opened.label == RANDOM_LABEL and opened.config is None
         assert_same(dict(s.policy.state_dict()), dict(opened.policy.state_dict()), "policy")
         assert_same(s.branches, opened.branches, "branches")
@@ -289,7 +295,7 @@ def test_random_weights_and_custom_networks_reopen(tmp_path):
         critic = Critic(28, 15, hidden=(20, 12), ensemble=3, aggregate="mean", layer_norm=False)
         s.use_networks(policy, critic)
         play(s, 4)
-        opened = Session.from_timeline(s.save_timeline(tmp_path / f"n{SUFFIX}"))
+        opened = open_session(save_timeline(s, tmp_path / f"n{SUFFIX}"))
         assert opened.label == CUSTOM_LABEL
         assert opened.policy.horizon == 3 and opened.critic.aggregate == "mean"
         assert_same(dict(critic.state_dict()), dict(opened.critic.state_dict()), "critic")
@@ -310,7 +316,7 @@ def test_networks_it_cannot_rebuild_are_refused(tmp_path):
     try:
         s.policy = Mine(28, 5, hidden=(8,))
         with pytest.raises(TimelineError, match=r"Mine; a timeline embeds core.models.Veloc"):
-            s.save_timeline(tmp_path / f"x{SUFFIX}")
+            save_timeline(s, tmp_path / f"x{SUFFIX}")
         assert not list(tmp_path.iterdir())
     finally:
         s.close()
@@ -323,7 +329,7 @@ def test_a_timeline_saved_on_a_gpu_opens_on_the_cpu_here(tmp_path):
         play(s, 2)
         # As if saved on a GPU machine: only the settings say where the networks were.
         s.settings = replace(s.settings, device="cuda:0")
-        path = s.save_timeline(tmp_path / f"g{SUFFIX}")
+        path = save_timeline(s, tmp_path / f"g{SUFFIX}")
     finally:
         s.close()
     t = read_timeline(path)
@@ -343,7 +349,7 @@ def test_a_checkpoint_changed_or_missing_here_is_noted_and_the_file_weights_are_
     s = Session(ck, settings=BASE)
     try:
         play(s, 3)
-        path = s.save_timeline(tmp_path / f"m{SUFFIX}")
+        path = save_timeline(s, tmp_path / f"m{SUFFIX}")
         weights = {r: dict(getattr(s, r).state_dict()) for r in ("policy", "critic")}
     finally:
         s.close()
@@ -355,7 +361,7 @@ def test_a_checkpoint_changed_or_missing_here_is_noted_and_the_file_weights_are_
     assert WEIGHTS_FILE in t.notes[0] and "the timeline's own weights are used" in t.notes[0]
     for role, state in weights.items():
         assert_same(state, dict(getattr(t, role).state_dict()), role)
-    opened = Session.from_timeline(t)
+    opened = open_session(t)
     assert opened.label == "moving-ck (weights from the timeline)"
     assert opened.config.env == ENV and opened.replay().exact
     opened.close()
@@ -470,7 +476,7 @@ def test_nothing_pickle_based_runs_on_save_or_open(original, tmp_path, monkeypat
     ):
         monkeypatch.setattr(owner, name, refuse)
     path = save_timeline(original, tmp_path / f"p{SUFFIX}")
-    opened = Session.from_timeline(path)
+    opened = open_session(path)
     assert opened.replay().exact
     opened.close()
 

@@ -117,6 +117,7 @@ def test_save_button_writes_the_timeline_and_the_open_dialog_restores_it(
 @window
 def test_qgf_view_open_shows_the_saved_timeline(tmp_path):
     from viewer.session import Session, Settings
+    from viewer.timeline_file import save_timeline
 
     s = Session(settings=Settings(env_name=ENV, steps=4, candidates=4, weight=0.03))
     for _ in range(6):
@@ -124,7 +125,7 @@ def test_qgf_view_open_shows_the_saved_timeline(tmp_path):
     s.branch_from(2, weight=0.5)
     for _ in range(5):
         s.step()
-    path = s.save_timeline(tmp_path / "shared.timeline.safetensors")
+    path = save_timeline(s, tmp_path / "shared.timeline.safetensors")
     s.close()
     out = tmp_path / "open.png"
     cmd = [sys.executable, "-m", "core.cli", "view", "--open", str(path)]

@@ -34,7 +34,8 @@ window, test_window_tests = window_tests(__file__, "QGF_VIEWER_WINDOW_TESTS", gl
 
 @pytest.fixture(scope="module")
 def app():
-    from viewer.session import Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Settings
 
     # What `qgf view` opens: the shipped default checkpoint, random weights without one.
     settings = Settings(env_name=ENV, steps=6, candidates=6, weight=0.03)
@@ -66,7 +67,7 @@ def count_color(img: np.ndarray, rgba, tol: int = 30) -> int:
 def test_opens_with_the_default_checkpoint(app):
     import dearpygui.dearpygui as dpg
 
-    from viewer.session import default_checkpoint
+    from core.defaults import default_checkpoint
 
     shipped = default_checkpoint()
     label = dpg.get_value(app._tags["checkpoint"])

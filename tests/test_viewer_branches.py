@@ -228,8 +228,8 @@ def test_a_setting_changed_at_a_past_step_branches_from_it(session):
     # Now live on the branch: further changes re-sample its current step, no new branch.
     session.update(weight=0.9)
     assert len(session.branches) == 2 and session.branch.settings.weight == 0.9
-    # A display-only setting while viewing branches nothing.
+    # An unchanged setting while viewing branches nothing.
     session.step()
     session.view_step(1)
-    session.update(log_weight=False)
+    session.update(weight=session.settings.weight)
     assert len(session.branches) == 2 and session.viewing == 1

@@ -27,7 +27,8 @@ window, test_window_tests = window_tests(__file__, "QGF_VIEWER_COMPARE_WINDOW_TE
 
 @pytest.fixture(scope="module")
 def app():
-    from viewer.session import Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Settings
 
     # The shipped checkpoint (distances to its data), random weights without one.
     settings = Settings(env_name=ENV, steps=5, candidates=N, weight=0.3)
@@ -165,7 +166,7 @@ def test_use_makes_a_row_the_acting_estimator(app):
     result = view.result
     invoke(view.use_tags["ood"])
     settle(app)
-    assert session.settings.estimator == "ood" and not session.settings.best_of
+    assert session.settings.estimator == "ood" and not session.settings.pick_best
     assert session.current.sample.settings.estimator == "ood"
     # Same state, noise and weight: the comparison still holds, the mark moved.
     assert view._shown is result
@@ -176,8 +177,8 @@ def test_use_makes_a_row_the_acting_estimator(app):
     invoke(view.use_tags[best])
     settle(app)
     s = session.settings
-    assert s.estimator == "none" and s.best_of
-    assert dpg.get_value(app._tags["best_of"]) is True
+    assert s.estimator == "none" and s.pick_best
+    assert dpg.get_value(app._tags["pick_best"]) is True
     assert dpg.get_item_label(view.use_tags[best]) == "acting"
     # The executed action is best-of-N's: the argmax-Q candidate of the unguided samples.
     sample = session.current.sample

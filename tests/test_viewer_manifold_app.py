@@ -26,7 +26,8 @@ window, test_window_tests = window_tests(__file__, "QGF_VIEWER_MANIFOLD_WINDOW_T
 
 @pytest.fixture(scope="module")
 def app():
-    from viewer.session import Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Settings
 
     path = default_checkpoint()
     if path is None:

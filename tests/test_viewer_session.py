@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from core import envs  # noqa: E402
 from core.guidance import ESTIMATORS, guided_sample  # noqa: E402
 from core.models import Critic, VelocityField  # noqa: E402
-from core.recording import step_noise  # noqa: E402
 from core.render import RenderSettings  # noqa: E402
+from core.step import step_noise  # noqa: E402
 from viewer.session import (  # noqa: E402
     RANDOM_LABEL,
     Session,
@@ -151,10 +151,10 @@ def test_reset_with_same_seed_repeats_the_episode(session):
 
 
 def test_best_of_executes_argmax_q(session):
-    session.update(best_of=True)
+    session.update(pick_best=True)
     sample = session.current.sample
     assert sample.executed == int(sample.guided.q_final.argmax())
-    session.update(best_of=False)
+    session.update(pick_best=False)
     assert session.current.sample.executed == 0
 
 
@@ -475,3 +475,18 @@ def test_timeline_memory_per_step_is_bounded(session):
     from viewer.session import _nbytes
 
     assert _nbytes([*session.history, *session.history, session.current], set()) == total
+
+
+def test_the_gui_view_is_a_snapshot_made_per_change(session):
+    session.reset()
+    session.step()
+    view = session.frame().view
+    assert view.version == session.version and view.live_step == 1
+    assert view.settings == session.settings and view.sampled == session.current.sample.settings
+    curves = {k: v.copy() for k, v in view.curves.items()}
+    session.step()
+    # The worker went on; what the GUI holds is unchanged.
+    assert view.live_step == 1 and all(np.array_equal(curves[k], view.curves[k]) for k in curves)
+    now = session.frame().view
+    assert now.live_step == 2 and len(now.curves["step"]) == 2
+    assert [b.label for b in now.branches] == ["main"] and now.active == 0

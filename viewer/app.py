@@ -45,8 +45,8 @@ from viewer.compare_view import CompareView
 from viewer.frames import FrameStream
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
-from viewer.session import RANDOM_LABEL, FrameSpec, Session, branch_rgba
-from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline
+from viewer.session import FrameSpec, Session, SessionView, branch_rgba
+from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline, save_timeline
 from viewer.timeline_file import default_path as timeline_path
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
@@ -164,6 +164,8 @@ class ViewerApp:
     ) -> None:
         self.session = session
         self.width, self.height = width, height
+        # View preferences live here, not in the session's settings.
+        self.log_weight = True  # the weight slider's scale: log10 w, else w
         self.messages: deque[Message] = deque(maxlen=50)
         self.errors = 0
         self.panels: list[Callable[[ViewerApp], None]] = []
@@ -177,7 +179,7 @@ class ViewerApp:
         self.panels.append(self.compare.build)
         self.on_tick.append(self.compare.tick)
         self.frames = FrameStream(
-            self.compare.frame,
+            self.session.frame,
             render,
             on_error=self._pending_errors.append,
             size=(self._scene_w, self._scene_h),
@@ -282,9 +284,10 @@ class ViewerApp:
         self._frame_started = time.perf_counter()
         self._run_callbacks()
         self._note_input()
-        self._poll_mouse()
-        self._upload()
-        self._refresh()
+        # Every per-frame part runs in the error guard: an error is shown, none ends the app.
+        self._call("mouse", self._poll_mouse)
+        self._call("upload", self._upload)
+        self._call("refresh", self._refresh)
         for fn in list(self.on_tick):
             self._call("tick", fn, self)
         t0 = time.perf_counter()
@@ -421,14 +424,14 @@ class ViewerApp:
         self.command("sample", lambda s: s.update(estimator=name))
         dpg.set_value(self._tags["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
 
-    def select_estimator(self, name: str, best_of: bool, **settings: Any) -> None:
+    def select_estimator(self, name: str, pick_best: bool, **settings: Any) -> None:
         """Make ``name`` (with best-of-N on or off) the acting estimator, with other sampling
         ``settings`` (weight, steps, candidates, seed) changed in the same command."""
-        self.command("sample", lambda s: s.update(estimator=name, best_of=best_of, **settings))
+        self.command("sample", lambda s: s.update(estimator=name, pick_best=pick_best, **settings))
         t = self._tags
         dpg.set_value(t["estimator"], name)
         dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(name, ""))
-        dpg.set_value(t["best_of"], best_of)
+        dpg.set_value(t["pick_best"], pick_best)
         if "weight" in settings:
             self._show_weight(float(settings["weight"]))
         for key in ("steps", "candidates", "seed"):
@@ -443,9 +446,9 @@ class ViewerApp:
         n = int(value)
         self.command("sample", lambda s: s.update(candidates=n))
 
-    def on_best_of(self, sender, value, user_data=None) -> None:
+    def on_pick_best(self, sender, value, user_data=None) -> None:
         flag = bool(value)
-        self.command("sample", lambda s: s.update(best_of=flag))
+        self.command("sample", lambda s: s.update(pick_best=flag))
 
     def on_seed(self, sender, value, user_data=None) -> None:
         seed = int(value)
@@ -582,7 +585,7 @@ class ViewerApp:
         path = Path(path or timeline_path(self.session.settings.env_name)).resolve()
 
         def save(session: Session) -> None:
-            session.save_timeline(path)
+            save_timeline(session, path)
             self._saved = (path, time.monotonic())
 
         self.command("save timeline", save)
@@ -819,7 +822,7 @@ class ViewerApp:
             self._inputs.append(t["weight_input"])
             t["log"] = dpg.add_checkbox(
                 label="log scale",
-                default_value=s.log_weight,
+                default_value=self.log_weight,
                 callback=cb("log", self.on_log_weight),
             )
             t["estimator"] = dpg.add_combo(
@@ -837,9 +840,9 @@ class ViewerApp:
                 label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
                 width=-90, callback=cb("candidates", self.on_candidates),
             )  # fmt: skip
-            t["best_of"] = dpg.add_checkbox(
-                label="best-of-N (execute the highest-Q candidate)", default_value=s.best_of,
-                callback=cb("best-of", self.on_best_of),
+            t["pick_best"] = dpg.add_checkbox(
+                label="best-of-N (execute the highest-Q candidate)", default_value=s.pick_best,
+                callback=cb("best-of", self.on_pick_best),
             )  # fmt: skip
             t["seed"] = dpg.add_input_int(
                 label="seed", default_value=s.seed, width=120, on_enter=True,
@@ -1143,11 +1146,13 @@ class ViewerApp:
             self.frames.configure(width=aw, height=ah)
 
     def _log_weight(self) -> bool:
-        return bool(dpg.get_value(self._tags["log"]))
+        return self.log_weight
 
     def _set_log(self, log: bool) -> None:
+        """The weight slider's scale, a view preference (the session does not know it)."""
         t = self._tags
-        w = self.session.settings.weight
+        self.log_weight = log
+        w = float(dpg.get_value(t["weight_input"]))
         if log:
             dpg.configure_item(
                 t["weight_slider"], min_value=W_LOG_MIN, max_value=W_LOG_MAX, format="10^%.2f"
@@ -1158,7 +1163,6 @@ class ViewerApp:
                 t["weight_slider"], min_value=0.0, max_value=W_LINEAR_MAX, format="%.3f"
             )
             dpg.set_value(t["weight_slider"], w)
-        self.command("log", lambda s: s.update(log_weight=log))
 
     def _show_weight(self, w: float) -> None:
         t = self._tags
@@ -1172,14 +1176,14 @@ class ViewerApp:
         """Set every control from the session's settings (after start or a switch)."""
         s = self.session.settings
         t = self._tags
-        dpg.set_value(t["log"], s.log_weight)
-        self._set_log(s.log_weight)
+        dpg.set_value(t["log"], self.log_weight)
         self._show_weight(s.weight)
+        self._set_log(self.log_weight)
         dpg.set_value(t["estimator"], s.estimator)
         dpg.set_value(t["estimator_doc"], ESTIMATOR_DOCS.get(s.estimator, ""))
         dpg.set_value(t["steps"], s.steps)
         dpg.set_value(t["candidates"], s.candidates)
-        dpg.set_value(t["best_of"], s.best_of)
+        dpg.set_value(t["pick_best"], s.pick_best)
         dpg.set_value(t["seed"], s.seed)
         dpg.set_value(t["env"], s.env_name)
 
@@ -1189,7 +1193,7 @@ class ViewerApp:
             self.report(self._pending_errors.popleft(), error=True)
         t = self._tags
         spec = self.frame_spec
-        session = self.session
+        view = spec.view if spec is not None else None
         if spec is not None and spec.version != self._plotted_version:
             self._plotted_version = spec.version
             self._plot(spec)
@@ -1197,7 +1201,9 @@ class ViewerApp:
         if self.sweep is not self._sweep_shown:
             self._plot_sweep()
         # After a switch (or a refused one) the controls show what the session really has.
-        resync = self._resync or dpg.get_value(t["env"]) != session.settings.env_name
+        resync = self._resync or (
+            view is not None and dpg.get_value(t["env"]) != view.settings.env_name
+        )
         if resync and not self.worker.busy:
             self._resync = False
             self._sync_controls()
@@ -1207,11 +1213,14 @@ class ViewerApp:
         self._status()
 
     def _plot(self, spec: FrameSpec) -> None:
+        """Text and plots of the frame's step, from the frame's ``SessionView`` only."""
         t = self._tags
-        session = self.session
+        view = spec.view
+        if view is None:
+            return
         rec = spec.record
-        label = session.label
-        random = session.label == RANDOM_LABEL
+        label = view.label
+        random = view.random
         dpg.set_value(
             t["checkpoint"],
             f"checkpoint: {label}" + (" (untrained)" if random else ""),
@@ -1221,31 +1230,30 @@ class ViewerApp:
         if rec is None:
             return
         s = rec.settings
-        limit = getattr(session.env, "spec", None)
-        max_steps = getattr(limit, "max_episode_steps", None) or "?"
-        live = session.step_index
+        max_steps = view.max_steps or "?"
+        live = view.live_step
         dpg.configure_item(t["timeline"], max_value=max(live, 1))
         dpg.set_value(t["timeline"], rec.index)
         dpg.set_value(t["ep_shown"], [[float(rec.index)]])
         # While playing, the shown frame may trail the worker by a step: that is not scrubbing.
-        viewing = session.viewing is not None and rec.index < live
+        viewing = view.scrubbing and rec.index < live
         dpg.configure_item(t["live"], label=f"Live ({live})" if viewing else "Live")
         dpg.set_value(
             t["info"],
-            f"{s.env_name}\nepisode {session.episode}   step {rec.index}/{max_steps}"
+            f"{s.env_name}\nepisode {view.episode}   step {rec.index}/{max_steps}"
             + (f" (recorded; live at {live})" if viewing else "")
-            + f"   return {session.episode_return:.1f}   "
-            + ("SUCCESS" if session.success else "done" if session.done else ""),
+            + f"   return {view.episode_return:.1f}   "
+            + ("SUCCESS" if view.success else "done" if view.done else ""),
         )
         # An agent without a V network (FQL) has NaN for V: say so, never draw a number.
-        has_v = session.critic is None or session.critic.has_value
+        has_v = view.has_value
         v_text = f"{rec.v:.3f}" if has_v else "n/a (no V network)"
         dpg.set_value(
             t["values"],
             f"Q(s,a) = {rec.q:.3f}   V(s) = {v_text}   chunk {rec.chunk_step + 1}/"
             f"{rec.sample.horizon}",
         )
-        curves = session.episode_curves()
+        curves = view.curves
         x = curves["step"].tolist()
         dpg.set_value(t["ep_q"], [x, curves["q"].tolist()])
         dpg.set_value(t["ep_v"], [x, curves["v"].tolist()] if has_v else [[], []])
@@ -1264,21 +1272,20 @@ class ViewerApp:
             dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
         self._plot_denoising(rec.sample, rec.chunk_step)
         dpg.set_value(t["sw_w"], [[float(max(s.weight, 1e-4))]])
-        self._plot_branches()
+        self._plot_branches(view)
 
-    def _plot_branches(self) -> None:
+    def _plot_branches(self, view: SessionView) -> None:
         """One Q curve (thick, left axis) and one return curve (thin, right axis) per branch,
         in the branch's colour; the branch selector lists them all."""
         t = self._tags
-        session = self.session
-        branches = list(session.branches)
+        branches = view.branches
         shown = dpg.is_item_shown(t["plot_branches"])
         if shown != (len(branches) > 1):
             dpg.configure_item(t["plot_branches"], show=len(branches) > 1)
             self._layout()
         labels = [b.label for b in branches]
         dpg.configure_item(t["branch"], items=labels)
-        dpg.set_value(t["branch"], session.branch.label)
+        dpg.set_value(t["branch"], next(b.label for b in branches if b.id == view.active))
         if len(branches) == 1 and not self._branch_series:
             return  # the plot is hidden: nothing to draw into it
         while len(self._branch_series) > len(branches):
@@ -1299,7 +1306,7 @@ class ViewerApp:
             dpg.bind_item_theme(ret, self._branch_themes[i][1])
             self._branch_series.append((q, ret))
         for b, (q, ret) in zip(branches, self._branch_series, strict=True):
-            curves = session.episode_curves(b.id)
+            curves = b.curves
             x = curves["step"].tolist()
             dpg.set_value(q, [x, curves["q"].tolist()])
             dpg.set_value(ret, [x, curves["return"].tolist()])
@@ -1310,9 +1317,10 @@ class ViewerApp:
         """Ask the worker for a sweep preview when the step, estimator, T, N or seed changed
         (a pending request is replaced, so requests coalesce). Not while playing: a sweep per
         step would take the worker's time from the steps."""
-        if self.session.current is None or self.worker.playing:
+        spec = self.frame_spec
+        if spec is None or spec.view is None or self.worker.playing:
             return
-        key = sweep_key(self.session)
+        key = sweep_key(spec.view)
         if key == self._sweep_wanted:
             return
         self._sweep_wanted = key
@@ -1384,22 +1392,31 @@ class ViewerApp:
 
     def _status(self) -> None:
         t = self._tags
-        session = self.session
+        spec = self.frame_spec
+        if spec is not None and spec.view is not None:
+            dpg.set_value(t["status_text"], "  |  ".join(self._status_parts(spec, spec.view)))
+        self._record_indicator()
+        now = time.monotonic()
+        errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
+        notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
+        dpg.set_value(t["status_error"], f"ERROR {errors[-1].text}" if errors else "")
+        dpg.set_value(t["status_note"], notes[-1].text if notes and not errors else "")
+
+    def _status_parts(self, spec: FrameSpec, view: SessionView) -> list[str]:
         st = self.frames.stats
-        timings = session.timings
-        rec = self.frame_spec.record if self.frame_spec is not None else None
-        s = session.settings
+        rec = spec.record
+        s = view.settings
         parts = [
             f"GUI {dpg.get_frame_rate():4.0f} fps",
             f"scene {self.scene_fps:4.1f} fps",
-            f"policy {timings.policy:5.0f} ms",
+            f"policy {self.session.timings.policy:5.0f} ms",
             f"render {st.scene_ms + st.render_ms:4.0f} ms",
             f"upload {self._upload_ms:4.1f} ms",
             f"step {rec.index if rec else 0}",
-            f"return {session.episode_return:.1f}",
-            "success" if session.success else "no success yet",
+            f"return {view.episode_return:.1f}",
+            "success" if view.success else "no success yet",
             f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
-            + (" best-of" if s.best_of else ""),
+            + (" best-of" if s.pick_best else ""),
         ]
         dist = rec.sample.distances if rec is not None else None
         if dist is not None:
@@ -1409,19 +1426,10 @@ class ViewerApp:
                 f" (w=0: {int(dist.ghost_off_manifold.sum())}/{n})"
             )
         elif rec is not None:
-            parts.append(
-                "distance to data n/a"
-                + (" (random weights)" if (session.label == RANDOM_LABEL) else "")
-            )
+            parts.append("distance to data n/a" + (" (random weights)" if view.random else ""))
         if self.worker.busy:
             parts.append("sampling ...")
-        dpg.set_value(t["status_text"], "  |  ".join(parts))
-        self._record_indicator()
-        now = time.monotonic()
-        errors = [m for m in self.messages if m.error and now - m.time < ERROR_SECONDS]
-        notes = [m for m in self.messages if not m.error and now - m.time < 5.0]
-        dpg.set_value(t["status_error"], f"ERROR {errors[-1].text}" if errors else "")
-        dpg.set_value(t["status_note"], notes[-1].text if notes and not errors else "")
+        return parts
 
     def status_text(self) -> str:
         """The status bar's text as shown (for tests and scripts)."""

@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
     # MuJoCo renders on a thread of its own: EGL (GPU or Mesa) allows that, glfw does not.
     os.environ.setdefault("MUJOCO_GL", "egl")
     if args.screenshot and args.frames is None:
-        print("qgf view: --screenshot needs --frames N", file=sys.stderr)
+        print("qgf view: error: --screenshot needs --frames N", file=sys.stderr)
         return 2
     if args.screenshot:
         parent = Path(args.screenshot).resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
-            print(f"qgf view: cannot write a screenshot into {parent}", file=sys.stderr)
+            print(f"qgf view: error: cannot write a screenshot into {parent}", file=sys.stderr)
             return 2
     timeline = None
     if args.open:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             clash.insert(0, "a checkpoint")
         if clash:
             print(
-                f"qgf view: --open restores the file's checkpoint, task and settings; "
+                f"qgf view: error: --open restores the file's checkpoint, task and settings; "
                 f"drop {', '.join(clash)}",
                 file=sys.stderr,
             )
@@ -90,14 +90,18 @@ def run(args: argparse.Namespace) -> int:
         try:
             timeline = read_timeline(args.open, device=args.device)
         except (OSError, TimelineError) as e:
-            print(f"qgf view: cannot open the timeline: {e}", file=sys.stderr)
+            print(f"qgf view: error: cannot open the timeline: {e}", file=sys.stderr)
             return 2
         for note in timeline.notes:
             print(f"qgf view: note: {note}", file=sys.stderr)
+    if args.checkpoint and not args.open:
+        from core.checkpoints import read_config
+
+        read_config(args.checkpoint, verify=False)  # a wrong path fails before any window
     if not os.environ.get("DISPLAY"):
         if args.frames is None:
             print(
-                "qgf view: no display (DISPLAY is unset). Run it on a desktop, under "
+                "qgf view: error: no display (DISPLAY is unset). Run it on a desktop, under "
                 "xvfb-run, or headless with --frames N --screenshot out.png",
                 file=sys.stderr,
             )
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from viewer.display import ensure_display
 
         if ensure_display() is None:
-            print("qgf view: no display and Xvfb is not installed", file=sys.stderr)
+            print("qgf view: error: no display and Xvfb is not installed", file=sys.stderr)
             return 2
     if args.toy:
         from viewer.toy_app import main as toy_main
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from viewer.session import Session, Settings, default_checkpoint
+    from core.defaults import default_checkpoint
+    from viewer.session import Session, Settings
 
     if timeline is not None:
         # A light session on the timeline's env; the app's worker then installs the timeline
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if not app.worker.wait_idle(120.0) or session.branches is not timeline.branches:
             why = "; ".join(e.message for e in app.worker.errors) or "timed out"
             app.close()
-            print(f"qgf view: cannot open the timeline: {why}", file=sys.stderr)
+            print(f"qgf view: error: cannot open the timeline: {why}", file=sys.stderr)
             return 2
         if args.play:
             app.worker.play()
@@ -145,14 +150,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint is not None:
         from core.agent_import import cached_import, is_agent_source
-        from core.checkpoints import CheckpointError
 
         if is_agent_source(checkpoint):
-            try:
-                checkpoint, notes = cached_import(checkpoint, args.env)
-            except CheckpointError as e:
-                print(f"qgf view: cannot import {args.checkpoint}: {e}", file=sys.stderr)
-                return 2
+            checkpoint, notes = cached_import(checkpoint, args.env)
             for note in notes:
                 print(f"qgf view: note: {note}", file=sys.stderr)
     if checkpoint is None and not args.random_weights:

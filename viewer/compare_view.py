@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,13 +33,14 @@ import torch
 
 from core import envs
 from core.compare import ONESTEP, CompareRow, Comparison, compare_estimators
-from core.recording import step_noise
-from core.render import Overlay, Polyline, scene_rgba
+from core.render import Polyline, scene_rgba
+from core.step import effector_paths, step_noise
+from viewer.frames import SceneLayer
 
 if TYPE_CHECKING:
     from core.manifold import DataManifold
     from viewer.app import ViewerApp
-    from viewer.session import FrameSpec, Session, Settings, StepRecord
+    from viewer.session import FrameSpec, Session, SessionView, Settings, StepRecord
 
 # One colour per estimator row, in registry order (cycled for estimators registered later),
 # and one for best-of-N. Apart from the overlay's white (executed), grey (ghost) and red
@@ -98,13 +99,12 @@ def cells(row: CompareRow) -> dict[str, str]:
     }
 
 
-def compare_key(session: Session, record: StepRecord) -> tuple:
-    """What a comparison of ``record`` depends on: the networks, the state, the noise (seed
-    and step) and the weight, T and N it was sampled with."""
+def compare_key(view: SessionView, record: StepRecord) -> tuple:
+    """What a comparison of ``record`` depends on: the networks (``view.networks``), the
+    state, the noise (seed and step) and the weight, T and N it was sampled with."""
     s = record.sample.settings
     return (
-        session.policy,
-        session.critic,
+        view.networks,
         record.index,
         np.asarray(record.obs).tobytes(),
         s.seed,
@@ -114,11 +114,16 @@ def compare_key(session: Session, record: StepRecord) -> tuple:
     )
 
 
+def frame_key(spec: FrameSpec) -> tuple:
+    """``compare_key`` of the step a frame shows (from the frame's snapshots only)."""
+    return compare_key(spec.view, spec.record)
+
+
 def acting_label(settings: Settings, comparison: Comparison) -> str | None:
     """The row that acts under ``settings``: the estimator's (best-of-N off), best-of-N
     (estimator ``none`` with best-of-N on), or None (another estimator with best-of-N)."""
     for row in comparison.rows:
-        if row.best_of == settings.best_of and row.estimator == settings.estimator:
+        if row.best_of == settings.pick_best and row.estimator == settings.estimator:
             return row.label
     return None
 
@@ -188,20 +193,20 @@ def compare_step(
         onestep=session.onestep,
     )
     start = envs.effector_state_at(session.env, rec.snapshot)
-    t, n = s.steps, s.candidates
-    actions = np.stack(
-        [np.concatenate([r.a_hat.numpy(), r.final.numpy()[None]]) for r in comparison.rows]
-    )  # [R, T+1, N, A]
-    rows = actions.shape[0]
-    xyz = envs.action_to_ee_targets(
-        session.env, actions.reshape(-1, horizon, width // horizon), start=start
-    ).xyz.reshape(rows, t + 1, n, horizon, 3)
+    t, n, rows = s.steps, s.candidates, len(comparison.rows)
+    # Every row's candidates side by side, mapped in one call: [T, R*N, ...].
+    mapped = effector_paths(
+        session.env,
+        np.concatenate([r.a_hat.numpy() for r in comparison.rows], axis=1),
+        np.concatenate([r.final.numpy() for r in comparison.rows]),
+        start=start,
+    )
     # a_hat's first action at each step, then the final chunk: [R, N, T + H, 3].
-    denoise = xyz[:, :t, :, 0].transpose(0, 2, 1, 3)
-    paths = np.concatenate([denoise, xyz[:, t]], axis=2)
+    denoise = mapped.denoise[:, :, 0].reshape(t, rows, n, 3).transpose(1, 2, 0, 3)
+    paths = np.concatenate([denoise, mapped.final.reshape(rows, n, horizon, 3)], axis=2)
     return CompareResult(
         comparison=comparison,
-        key=compare_key(session, rec),
+        key=compare_key(session.frame().view, rec),
         version=session.version,
         index=rec.index,
         settings=s,
@@ -269,40 +274,29 @@ class CompareView:
         self.cell_tags: dict[str, dict[str, int | str]] = {}
         self.use_tags: dict[str, int | str] = {}
 
-    # --- render thread --------------------------------------------------------------------
-    def frame(self) -> FrameSpec:
-        """The session's frame, with the rows' paths added when the shown step is the one
-        compared (the renderer's frame source; cheap: the last answer is cached)."""
-        spec = self.app.session.frame()
-        result = self.result
-        if result is None or not self.show_paths or spec.record is None or spec.overlay is None:
-            return spec
+    # --- the scene layer -----------------------------------------------------------------
+    def _publish(self) -> None:
+        """Hand the renderer the rows' paths as a layer of their own (``SceneLayer``),
+        drawn on the frames of the compared step only; again whenever the result, a path
+        toggle or the path scale changed (GUI thread)."""
+        result = self._shown
         scale = self.app.frames.path_scale
-        cached = self._cache
-        if (
-            cached is not None
-            and cached[0] is spec
-            and cached[1] is result
-            and cached[2:5] == (scale, self.all_candidates, self.only_compared)
+        state = (result, self.show_paths, self.all_candidates, self.only_compared, scale)
+        if self._cache is not None and all(
+            a is b or a == b for a, b in zip(state, self._cache, strict=True)
         ):
-            return cached[5]
-        if compare_key(self.app.session, spec.record) != result.key:
-            return spec
-        lines = [*spec.overlay.polylines, *compare_polylines(result, scale, self.all_candidates)]
-        if self.only_compared:
-            # An overlay without candidates: the rows' paths (and branches) alone.
-            h = spec.overlay.final.shape[1]
-            overlay = Overlay(
-                origin=spec.overlay.origin,
-                denoise=np.empty((0, 0, h, 3)),
-                final=np.empty((0, h, 3)),
-                polylines=lines,
+            return
+        self._cache = state
+        layer = None
+        if result is not None and self.show_paths:
+            layer = SceneLayer(
+                key=result.key,
+                key_of=frame_key,
+                lines=tuple(compare_polylines(result, scale, self.all_candidates)),
+                # While the rows' paths are drawn, the step's own candidates are hidden.
+                alone=self.only_compared,
             )
-        else:
-            overlay = replace(spec.overlay, polylines=lines)
-        out = replace(spec, overlay=overlay)
-        self._cache = (spec, result, scale, self.all_candidates, self.only_compared, out)
-        return out
+        self.app.frames.set_layer(layer)
 
     # --- commands -------------------------------------------------------------------------
     def request(self, *_: Any) -> None:
@@ -356,7 +350,7 @@ class CompareView:
             self.all_candidates = bool(all_candidates)
         if only_compared is not None:
             self.only_compared = bool(only_compared)
-        self.app.frames.request()
+        self._publish()
 
     # --- GUI thread -----------------------------------------------------------------------
     def build(self, app: ViewerApp) -> None:
@@ -466,7 +460,6 @@ class CompareView:
         if result is not None and result is not self._shown:
             self._fill(result)
             self._show_window()
-            app.frames.request()
         shown, spec = self._shown, app.frame_spec
         # A frame older than the result may still be on screen: only newer ones can say
         # that the state moved on.
@@ -478,10 +471,11 @@ class CompareView:
             and spec.version >= shown.version
         ):
             self._checked_version = spec.version
-            if compare_key(app.session, spec.record) != shown.key:
+            if frame_key(spec) != shown.key:
                 self.clear(f"cleared: the state changed (was step {shown.index})")
-        if self._shown is not None:
-            self._mark_acting(app.session.settings)
+        if self._shown is not None and spec is not None and spec.view is not None:
+            self._mark_acting(spec.view.settings)
+        self._publish()
         dpg.set_value(self.tags["note"], "computing ..." if self.busy else self.note)
 
     def clear(self, note: str = "") -> None:
@@ -490,13 +484,12 @@ class CompareView:
         if self.result is self._shown:  # a result that just arrived stays
             self.result = None
         self._shown = None
-        self._cache = None
         self.note = note
         dpg.delete_item(self.tags["table"], children_only=True, slot=1)
         dpg.delete_item(self.tags["y"], children_only=True)
         dpg.set_value(self.tags["info"], note)
         self.cell_tags, self.use_tags = {}, {}
-        self.app.frames.request()
+        self._publish()
 
     def _theme(self, rgba) -> int | str:
         # The app's own series themes and colour conversion (imported here: the app imports

@@ -24,13 +24,52 @@ from dataclasses import dataclass, replace
 import mujoco
 import numpy as np
 
-from core.render import OverlayLayers, RenderSettings, SceneRenderer
+from core.render import Overlay, OverlayLayers, Polyline, RenderSettings, SceneRenderer
 from viewer.session import FrameSpec
 
 FrameHook = Callable[[np.ndarray, FrameSpec], None]
 _STATE_SPEC = int(mujoco.mjtState.mjSTATE_INTEGRATION)
 _IDLE_WAIT = 0.25
 _FPS_WINDOW = 2.0
+
+
+@dataclass(frozen=True)
+class SceneLayer:
+    """Paths another part of the GUI draws over the session's frames (e.g. the comparison's
+    rows), published whole by the GUI thread with ``FrameStream.set_layer``.
+
+    The render thread draws it on a frame only when ``key_of(spec) == key``: ``key_of`` must
+    be a pure function of the frame (its ``record`` and ``view`` snapshots), so the renderer
+    never reads the live session.
+
+    Attributes:
+        key: what the layer belongs to.
+        key_of: ``(FrameSpec) -> key`` of a frame.
+        lines: the paths, in world coordinates.
+        alone: draw the layer without the session's candidates (branches stay).
+    """
+
+    key: tuple
+    key_of: Callable[[FrameSpec], tuple]
+    lines: tuple[Polyline, ...]
+    alone: bool = False
+
+    def applied(self, spec: FrameSpec) -> FrameSpec:
+        """``spec`` with the layer drawn, or ``spec`` itself when it does not belong there."""
+        if spec.record is None or spec.overlay is None or self.key_of(spec) != self.key:
+            return spec
+        lines = [*spec.overlay.polylines, *self.lines]
+        if self.alone:
+            h = spec.overlay.final.shape[1]
+            overlay = Overlay(
+                origin=spec.overlay.origin,
+                denoise=np.empty((0, 0, h, 3)),
+                final=np.empty((0, h, 3)),
+                polylines=lines,
+            )
+        else:
+            overlay = replace(spec.overlay, polylines=lines)
+        return replace(spec, overlay=overlay)
 
 
 @dataclass
@@ -74,6 +113,7 @@ class FrameStream:
         self.layers = layers or OverlayLayers()
         self.on_error = on_error
         self.frame_hooks: list[FrameHook] = []
+        self.layer: SceneLayer | None = None  # drawn over the source's frames
         self.stats = FrameStats()
         self._settings = settings
         self._cv = threading.Condition()
@@ -130,14 +170,8 @@ class FrameStream:
 
     def wait_served(self, ticket: int, timeout: float = 30.0) -> bool:
         """Block until a frame made after request ``ticket`` is ready; False on timeout."""
-        end = time.monotonic() + timeout
         with self._cv:
-            while self.served < ticket:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: self.served >= ticket, timeout)
 
     def move_camera(self, kind: str, dx: float, dy: float) -> int:
         """Orbit / pan / zoom by a mouse motion (fractions of the image height)."""
@@ -151,6 +185,11 @@ class FrameStream:
             self.preset = r.preset
 
         return self._command(apply)
+
+    def set_layer(self, layer: SceneLayer | None) -> int:
+        """Draw ``layer`` over the frames it belongs to (None: none); returns a ticket."""
+        self.layer = layer
+        return self.request()
 
     def set_path_scale(self, k: float) -> int:
         """Magnify candidate paths about the effector (1 = true size; see draw_overlay)."""
@@ -199,14 +238,8 @@ class FrameStream:
 
     def wait_frame(self, after: int, timeout: float = 10.0) -> bool:
         """Block until more than ``after`` frames were rendered; False on timeout."""
-        end = time.monotonic() + timeout
         with self._cv:
-            while self.stats.frames <= after:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: self.stats.frames > after, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:
@@ -278,6 +311,9 @@ class FrameStream:
             raise ValueError("frame state does not fit the model")
         mujoco.mj_setState(spec.model, data, spec.physics, _STATE_SPEC)
         mujoco.mj_forward(spec.model, data)
+        layer = self.layer
+        if layer is not None:
+            spec = layer.applied(spec)
         renderer.update(data, spec.overlay, self.layers)
         t1 = time.perf_counter()
         renderer.render_scene(out=rgb)

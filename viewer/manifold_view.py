@@ -24,33 +24,13 @@ import numpy as np
 import torch
 
 from core.manifold import DataManifold, WeightSweep, weight_sweep
+from viewer.session import CandidateDistances
 
 if TYPE_CHECKING:
-    from viewer.session import Session, StepSample
+    from viewer.session import Session, SessionView, StepSample
 
 # The sweep's weight grid: log-spaced, covering the weight slider's log range.
 SWEEP_WEIGHTS = tuple(float(w) for w in np.logspace(-3.0, 0.0, 12))
-
-
-@dataclass
-class CandidateDistances:
-    """Distance to the data of one sample's candidates (``core.manifold`` definition).
-
-    Attributes:
-        distance: ``[N]`` distance of each guided candidate's final action.
-        off_manifold: ``[N]`` bool, ``distance > threshold``.
-        ghost_distance: ``[N]`` the same for the unguided (w = 0) candidates.
-        ghost_off_manifold: ``[N]`` bool.
-        threshold: the manifold's calibrated threshold.
-        seconds: wall time of the hook for this sample.
-    """
-
-    distance: np.ndarray
-    off_manifold: np.ndarray
-    ghost_distance: np.ndarray
-    ghost_off_manifold: np.ndarray
-    threshold: float
-    seconds: float = 0.0
 
 
 @dataclass
@@ -77,15 +57,14 @@ class SweepPreview:
     seconds: float = 0.0
 
 
-def sweep_key(session: Session) -> tuple:
-    """What a sweep preview of the session's current state depends on."""
-    rec = session.current
-    s = rec.sample.settings
+def sweep_key(view: SessionView) -> tuple:
+    """What a sweep preview of the session's live step depends on (from its ``SessionView``)."""
+    s = view.sampled
     return (
-        session.episode,
-        rec.index,
-        str(session.checkpoint_path),
-        session.label,
+        view.episode,
+        view.live_step,
+        view.checkpoint,
+        view.label,
         s.estimator,
         s.steps,
         s.candidates,
@@ -199,6 +178,6 @@ class ManifoldAnalysis:
             q_mean=result.q_mean.numpy().astype(np.float64),
             distance_mean=result.distance_mean.numpy().astype(np.float64),
             threshold=result.threshold,
-            key=sweep_key(session),
+            key=sweep_key(session.frame().view),
             seconds=time.perf_counter() - t0,
         )

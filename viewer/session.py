@@ -29,9 +29,10 @@ the same); every branch is kept, shares the records before its fork with its par
 ``switch_branch`` returns to any of them where it was. ``replay`` re-executes a branch's
 recorded actions from a restored snapshot and compares observations bit for bit.
 
-Save and open: ``save_timeline(path)`` writes all of it (every branch, record and trace, the
-settings, the checkpoint's identity and the networks' weights) to one file, and
-``open_timeline`` / ``Session.from_timeline`` restore it exactly (``viewer.timeline_file``,
+Save and open: ``viewer.timeline_file.save_timeline(session, path)`` writes all of it (every
+branch, record and trace, the settings, the checkpoint's identity and the networks' weights)
+to one file, and ``viewer.timeline_file.open_timeline`` / ``open_session`` restore it exactly
+(through ``Session.open_timeline``,
 ``docs/TIMELINE_FORMAT.md``).
 
 Memory (``timeline_nbytes``, measured over 100 steps with default settings: cube-single,
@@ -45,84 +46,70 @@ default at 32 KB per step.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mujoco
 import numpy as np
 import torch
 
 from core import envs
-from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
+from core.defaults import DEFAULT_ENV, random_networks
+from core.guidance import DenoiseTrace
 from core.models import Critic, OneStepPolicy, VelocityField
-from core.recording import step_noise
 from core.render import Overlay, Polyline, scene_rgba
-from viewer.manifold_view import CandidateDistances
+from core.step import (
+    RESAMPLE_FIELDS,
+    StepSettings,
+    effector_paths,
+    sample_step,
+    step_noise,
+)
 
-if TYPE_CHECKING:
-    from viewer.timeline_file import Timeline
-
-DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 RANDOM_LABEL = "random weights"
 CUSTOM_LABEL = "custom networks"
-# Random-weight fallback networks: small, so the app is responsive before any checkpoint.
-_RANDOM_HIDDEN = (256, 256, 256, 256)
-_MAX_CANDIDATES = 64
-_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(StepSettings):
     """Everything that decides what the policy does at a step (one frozen value per record).
+
+    The sampling settings (weight, estimator, Euler steps T, candidates N, ``pick_best``,
+    seed) are ``core.step.StepSettings``'s; the seed also fixes the episode's start state,
+    and the noise of step t is a fixed function of (seed, t), so changing the weight keeps
+    the noise. Besides those:
 
     Attributes:
         env_name: OGBench dataset-style name, e.g. ``cube-single-play-singletask-task2-v0``.
-        weight: guidance weight w (= 1/beta).
-        log_weight: the weight slider's scale (log or linear); no effect on sampling.
-        estimator: a name in ``core.guidance.ESTIMATORS``.
-        steps: Euler steps T.
-        candidates: N candidates drawn (and drawn in the scene) at each sample.
-        best_of: execute the candidate of highest Q (best-of-N); otherwise candidate 0,
-            which is exactly what a single-sample policy with this seed would do.
-        seed: episode start state and the denoising noise (noise of step t is a fixed
-            function of (seed, t), so changing the weight keeps the noise).
         device: torch device of the networks.
     """
 
     env_name: str = DEFAULT_ENV
-    weight: float = 0.03
-    log_weight: bool = True
-    estimator: str = "qgf"
-    steps: int = 10
-    candidates: int = 8
-    best_of: bool = False
-    seed: int = 0
     device: str = "cpu"
 
-    def validate(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"unknown estimator {self.estimator!r}; registered: {', '.join(ESTIMATORS)}"
-            )
-        if not 1 <= self.steps <= _MAX_STEPS:
-            raise ValueError(f"steps T must be in 1..{_MAX_STEPS}, got {self.steps}")
-        if not 1 <= self.candidates <= _MAX_CANDIDATES:
-            raise ValueError(f"candidates N must be in 1..{_MAX_CANDIDATES}, got {self.candidates}")
-        if not np.isfinite(self.weight) or self.weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
 
+@dataclass
+class CandidateDistances:
+    """Distance to the data of one sample's candidates (``core.manifold`` definition), set by
+    ``viewer.manifold_view.ManifoldAnalysis``.
 
-# Estimators whose recorded q_hat is already Q(s, a_hat) (they take their gradient there),
-# so the Q-along-denoising curve needs no extra critic call.
-Q_AT_A_HAT = frozenset({"none", "qgf", "qgf_jacobian"})
+    Attributes:
+        distance: ``[N]`` distance of each guided candidate's final action.
+        off_manifold: ``[N]`` bool, ``distance > threshold``.
+        ghost_distance: ``[N]`` the same for the unguided (w = 0) candidates.
+        ghost_off_manifold: ``[N]`` bool.
+        threshold: the manifold's calibrated threshold.
+        seconds: wall time of the hook for this sample.
+    """
 
-# Settings whose change only needs a new sample of the current state (no reset).
-RESAMPLE_FIELDS = frozenset({"weight", "estimator", "steps", "candidates", "best_of", "seed"})
+    distance: np.ndarray
+    off_manifold: np.ndarray
+    ghost_distance: np.ndarray
+    ghost_off_manifold: np.ndarray
+    threshold: float
+    seconds: float = 0.0
 
 
 @dataclass
@@ -146,7 +133,7 @@ class StepSample:
         q_denoise_ghost: the same for the unguided candidates.
         off_manifold: ``[N]`` bool flags from a distance-to-data check, or None.
         distances: distance to the data of the guided and ghost candidates
-            (``viewer.manifold_view.CandidateDistances``), or None when not measured.
+            (``CandidateDistances``, set by ``viewer.manifold_view``), or None when not measured.
         seconds: wall time of sampling and mapping.
     """
 
@@ -296,7 +283,7 @@ class Branch:
         s = self.settings
         return (
             f"#{self.id} from {self.parent} at step {self.fork}: "
-            f"{s.estimator} w={s.weight:g} seed {s.seed}" + (" best-of-N" if s.best_of else "")
+            f"{s.estimator} w={s.weight:g} seed {s.seed}" + (" best-of-N" if s.pick_best else "")
         )
 
     def effector_path(self) -> np.ndarray:
@@ -327,9 +314,64 @@ class ReplayCheck:
         return not self.mismatched
 
 
+@dataclass(frozen=True)
+class BranchView:
+    """One branch as the GUI shows it: its id, label and ``Session.episode_curves``."""
+
+    id: int
+    label: str
+    curves: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What the GUI shows of the session, made once per change by the thread that changed it
+    (``Session._bump``): the GUI draws this and never reads the live session, which the
+    worker thread changes while the GUI draws.
+
+    Attributes:
+        version: the session's version when it was made.
+        label: what the policy is (``Session.label``); ``random``: it is random weights.
+        settings: the session's settings (those of the next sample).
+        sampled: the settings the live step's candidates were sampled with (inside a chunk,
+            the chunk's).
+        episode: episode counter.
+        live_step: the current (live) step's index, ``Session.step_index``.
+        scrubbing: a recorded step is shown instead of the live one.
+        max_steps: the env's time limit, or None.
+        episode_return, success, done: of the active branch.
+        curves: ``Session.episode_curves()`` of the active branch.
+        branches: every branch, in id order; ``active``: the active branch's id.
+        checkpoint: the checkpoint directory, as a string ("" without one).
+        networks: changes whenever other networks are installed (a checkpoint, random or
+            custom weights, a timeline's).
+        has_value: the critic has a V network (FQL agents have none: V is unavailable).
+    """
+
+    version: int
+    label: str
+    random: bool
+    settings: Settings
+    sampled: Settings
+    episode: int
+    live_step: int
+    scrubbing: bool
+    max_steps: int | None
+    episode_return: float
+    success: bool
+    done: bool
+    curves: dict[str, np.ndarray]
+    branches: tuple[BranchView, ...]
+    active: int
+    checkpoint: str
+    networks: int
+    has_value: bool = True
+
+
 @dataclass
 class FrameSpec:
-    """What the renderer needs for one frame of the current state (immutable once made).
+    """What the renderer and the GUI need for one frame of the current state (immutable once
+    made).
 
     Attributes:
         version: the session's version when it was made (changes on every state change).
@@ -337,6 +379,7 @@ class FrameSpec:
         physics: MuJoCo state vector ``[S]`` (``mjSTATE_INTEGRATION``) to render.
         overlay: overlay of the current sample, or None.
         record: the step record shown (for captions).
+        view: the rest of the session the GUI shows, or None.
         made_at: ``time.perf_counter()`` when it was made (for latency figures).
     """
 
@@ -345,6 +388,7 @@ class FrameSpec:
     physics: np.ndarray
     overlay: Overlay | None
     record: StepRecord | None
+    view: SessionView | None = None
     made_at: float = 0.0
 
 
@@ -357,29 +401,12 @@ class Timings:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def default_checkpoint(root: Path = CHECKPOINT_ROOT) -> Path | None:
-    """The shipped default checkpoint: ``root/<DEFAULT_ENV>``, else the newest directory in
-    ``root`` whose config is for ``DEFAULT_ENV``; None when there is none."""
-    path = root / DEFAULT_ENV
-    if (path / "config.json").exists():
-        return path
-    found = []
-    for config in root.glob("*/config.json"):
-        try:
-            env = json.loads(config.read_text()).get("env")
-        except (OSError, ValueError):
-            continue
-        if env == DEFAULT_ENV:
-            found.append((config.stat().st_mtime, config.parent))
-    return max(found)[1] if found else None
-
-
 class Session:
     """One env, one policy and critic, the settings and the history of the episode.
 
     Args:
         checkpoint: checkpoint directory; None opens random weights for ``settings.env_name``
-            (use ``default_checkpoint()`` for the shipped one).
+            (``core.defaults.default_checkpoint()`` is the shipped one).
         settings: initial settings (``env_name`` is taken from the checkpoint when given and
             the settings do not name one explicitly).
         env_name: overrides ``settings.env_name``.
@@ -417,6 +444,8 @@ class Session:
         # the place to attach per-candidate analyses (e.g. off-manifold flags).
         self.sample_hooks: list[Callable[[Session, StepSample, np.ndarray], None]] = []
         self._label = RANDOM_LABEL
+        self._curve_cache: dict[int, tuple] = {}
+        self._networks = 0  # counts the networks installed
         if checkpoint is not None:
             self._load(Path(checkpoint), env_name)
         else:
@@ -629,9 +658,8 @@ class Session:
         if new == self.settings:
             return self.current
         resampled = {k: v for k, v in changes.items() if k in RESAMPLE_FIELDS}
-        at_past_step = self.viewing is not None and set(changes) <= RESAMPLE_FIELDS | {"log_weight"}
+        at_past_step = self.viewing is not None and set(changes) <= RESAMPLE_FIELDS
         if at_past_step and any(getattr(new, k) != getattr(self.settings, k) for k in resampled):
-            self.settings = replace(self.settings, log_weight=new.log_weight)
             return self.branch_from(self.viewing, **resampled)
         old, self.settings = self.settings, new
         try:
@@ -746,27 +774,14 @@ class Session:
         self._random(self.settings.env_name)
         return self.reset()
 
-    def save_timeline(self, path: str | Path) -> Path:
-        """Write the whole timeline (every branch, record and trace, the settings, the
-        checkpoint's identity and the networks' weights) to one file; see
-        ``viewer.timeline_file``. Returns the path."""
-        from viewer.timeline_file import save_timeline
-
-        return save_timeline(self, path)
-
-    def open_timeline(self, source: str | Path | Timeline, device: str | None = None) -> Timeline:
-        """Replace the episode, networks and settings with a saved timeline, as they were
-        saved: every branch (shared records still shared), the active branch, the step shown,
-        the episode counter, and the env, made by name, in the active branch's current state,
-        so play continues as it would have. On error nothing changes.
-
-        Returns the timeline read; its ``notes`` say what differs from where it was saved
-        (e.g. the checkpoint is missing here or has other files: its embedded weights are
-        used either way).
+    def open_timeline(self, timeline) -> None:
+        """Replace the episode, networks and settings with a timeline read from a file
+        (a ``viewer.timeline_file.Timeline``; ``viewer.timeline_file.open_timeline`` reads
+        and opens in one call), as they were saved: every branch (shared records still
+        shared), the active branch, the step shown, the episode counter, and the env, made by
+        name, in the active branch's current state, so play continues as it would have. On
+        error nothing changes.
         """
-        from viewer.timeline_file import Timeline, installed_label, read_timeline
-
-        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
         snap = timeline.branches[timeline.active].current.snapshot
         policy = timeline.policy
         # An env of the same id (same task) takes the snapshot as a new one would.
@@ -798,24 +813,11 @@ class Session:
         self.settings = timeline.settings
         self.config, self.checkpoint_path = timeline.config, timeline.checkpoint_path
         self._install(policy, timeline.critic, self._onestep_of(timeline.checkpoint_path))
-        self._label = installed_label(timeline)
+        self._label = timeline.installed_label
         self.branches = timeline.branches
         self.active, self.viewing = timeline.active, timeline.viewing
         self.episode, self.steps_taken = timeline.episode, timeline.steps_taken
         self._bump()
-        return timeline
-
-    @classmethod
-    def from_timeline(cls, source: str | Path | Timeline, device: str | None = None) -> Session:
-        """A new session on a saved timeline (``open_timeline``; notes are dropped: read the
-        file with ``viewer.timeline_file.read_timeline`` first to show them)."""
-        from viewer.timeline_file import Timeline, read_timeline
-
-        timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
-        s = timeline.settings
-        session = cls(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
-        session.open_timeline(timeline)
-        return session
 
     # --- internals ----------------------------------------------------------------------
     def _bump(self) -> None:
@@ -829,8 +831,43 @@ class Session:
             physics=rec.snapshot.physics,
             overlay=overlay,
             record=rec,
+            view=self._view(),
             made_at=time.perf_counter(),
         )
+
+    def _view(self) -> SessionView:
+        spec = getattr(self.env, "spec", None)
+        return SessionView(
+            version=self.version,
+            label=self.label,
+            random=self.label == RANDOM_LABEL,
+            settings=self.settings,
+            sampled=self.current.sample.settings,
+            episode=self.episode,
+            live_step=self.step_index,
+            scrubbing=self.viewing is not None,
+            max_steps=getattr(spec, "max_episode_steps", None),
+            episode_return=self.episode_return,
+            success=self.success,
+            done=self.done,
+            curves=self._curves(self.branch),
+            branches=tuple(BranchView(b.id, b.label, self._curves(b)) for b in self.branches),
+            active=self.branch.id,
+            checkpoint=str(self.checkpoint_path or ""),
+            networks=self._networks,
+            has_value=self.critic is None or self.critic.has_value,
+        )
+
+    def _curves(self, branch: Branch) -> dict[str, np.ndarray]:
+        """``episode_curves`` of ``branch``, remembered while its history is unchanged (a
+        branch not played on is not recomputed at every step of another)."""
+        key = (len(branch.history), id(branch.history[-1]) if branch.history else None)
+        cached = self._curve_cache.get(branch.id)
+        if cached is not None and cached[0] is branch and cached[1] == key:
+            return cached[2]
+        curves = self.episode_curves(branch.id)
+        self._curve_cache[branch.id] = (branch, key, curves)
+        return curves
 
     def branch_paths(self) -> list[Polyline]:
         """The effector path of every branch in its colour, once there is more than one
@@ -909,65 +946,42 @@ class Session:
         s = self.settings
         t0 = time.perf_counter()
         device = self._device()
-        n, a_dim, t, h = s.candidates, self.policy.action_dim, s.steps, self.horizon
+        n, a_dim, t = s.candidates, self.policy.action_dim, s.steps
         keep = (
             reuse is not None
             and (reuse.settings.seed, reuse.settings.steps, reuse.settings.candidates)
             == (s.seed, t, n)
             and reuse.unguided.a_t.shape[-1] == a_dim
         )
-        # Fresh noise follows the recorder's convention, so `qgf record --seed S` draws what
-        # the viewer draws with seed S.
         noise = reuse.noise if keep else step_noise(s.seed, index, n, a_dim)
-        o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-        rows = 1 if keep else 2
-        trace = guided_sample(
-            self.policy,
-            self.critic,
-            o.expand(rows, -1),
-            estimator=s.estimator,
-            weight=torch.tensor([s.weight, 0.0][:rows], device=device),
-            steps=t,
-            noise=noise.repeat(rows, 1).to(device),
-            best_of=n,
-        )
+        o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        draw = sample_step(self.policy, self.critic, o, s, noise, ghost=not keep, q_path=True)
         v = self._value(obs)
-        with torch.no_grad():
-            # Q at every a_hat and at the final action, the same quantity for both rows
-            # whatever the estimator (each estimator's own q_hat is Q where it took its
-            # gradient: at a_t for ood, at ODE(a_t) for qgf_chain).
-            if s.estimator in Q_AT_A_HAT:
-                q_points = torch.cat([trace.q_hat, trace.q_final[None]])
-            else:
-                points = torch.cat([trace.a_hat, trace.final[None]]).reshape(-1, a_dim)
-                q_points = self.critic(o.expand(points.shape[0], -1), points)
-                q_points = q_points.reshape(t + 1, -1)
-        trace = trace.to("cpu")
-        q_points = q_points.cpu().numpy().astype(np.float32)
-        guided = trace.row(0)
-        executed = int(guided.chosen[0]) if s.best_of else 0
-
-        parts = [guided.a_hat.numpy().reshape(t * n, h, -1), guided.final.numpy().reshape(n, h, -1)]
+        guided = draw.guided.to("cpu")
+        q_guided = draw.q_guided.cpu().numpy().astype(np.float32)
         if keep:
             unguided, q_ghost = reuse.unguided, reuse.q_denoise_ghost
         else:
-            unguided, q_ghost = trace.row(1), q_points[:, n:]
-            parts.append(unguided.final.numpy().reshape(n, h, -1))
-        origin, _ = envs.effector_state(self.env)
-        targets = envs.action_to_ee_targets(self.env, np.concatenate(parts))
-        xyz = targets.xyz.astype(np.float32)
+            unguided = draw.ghost.to("cpu")
+            q_ghost = draw.q_ghost.cpu().numpy().astype(np.float32)
+        paths = effector_paths(
+            self.env,
+            guided.a_hat.numpy(),
+            guided.final.numpy(),
+            None if keep else unguided.final.numpy(),
+        )
         sample = StepSample(
             guided=guided,
             unguided=unguided,
             noise=noise,
-            executed=executed,
+            executed=draw.executed,
             settings=s,
-            origin=origin,
-            ee_denoise=xyz[: t * n].reshape(t, n, h, 3),
-            ee_final=xyz[t * n : t * n + n],
-            ee_ghost=reuse.ee_ghost if keep else xyz[t * n + n :],
-            gripper=targets.gripper[t * n : t * n + n].astype(np.float32),
-            q_denoise=q_points[:, :n],
+            origin=paths.origin,
+            ee_denoise=paths.denoise.astype(np.float32),
+            ee_final=paths.final.astype(np.float32),
+            ee_ghost=reuse.ee_ghost if keep else paths.ghost.astype(np.float32),
+            gripper=paths.gripper.astype(np.float32),
+            q_denoise=q_guided,
             q_denoise_ghost=q_ghost,
         )
         for hook in list(self.sample_hooks):
@@ -1012,14 +1026,7 @@ class Session:
         )
         if same:
             return
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        try:
-            policy = VelocityField(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
-            critic = Critic(obs_dim, act_dim, hidden=_RANDOM_HIDDEN)
-        finally:
-            torch.random.set_rng_state(gen_state)
-        self._install(policy, critic)
+        self._install(*random_networks(obs_dim, act_dim))
         self._label = RANDOM_LABEL
 
     def _install(
@@ -1030,6 +1037,7 @@ class Session:
             if net is not None:
                 net.to(device).eval().requires_grad_(False)
         self.policy, self.critic, self.onestep = policy, critic, onestep
+        self._networks += 1
 
     def _onestep_of(self, checkpoint: Path | None) -> OneStepPolicy | None:
         """The one-step policy of a local checkpoint that has one (a timeline embeds the
@@ -1065,6 +1073,7 @@ class Session:
         self.checkpoint_path = path.resolve()
         self.settings = replace(self.settings, env_name=name)
         self.policy, self.critic, self.onestep = policy, critic, agent.onestep
+        self._networks += 1
 
     def timeline_nbytes(self) -> int:
         """Bytes of the arrays and tensors held by the episode's records (every branch's

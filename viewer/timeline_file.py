@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -50,12 +49,13 @@ from core.checkpoints import (
     code_version,
     read_config,
 )
+from core.defaults import CHECKPOINT_ROOT
 from core.envs import EnvSnapshot
+from core.files import atomic_write
 from core.guidance import ESTIMATORS, DenoiseTrace
 from core.models import Critic, VelocityField
 from viewer.manifold_view import CandidateDistances
 from viewer.session import (
-    CHECKPOINT_ROOT,
     CUSTOM_LABEL,
     RANDOM_LABEL,
     Branch,
@@ -102,6 +102,12 @@ _RECORD_SCALARS = ("index", "chunk_step", "v", "reward", "success", "terminated"
 _RECORD_REFS = ("snapshot", "obs", "settings", "sample", "action", "effector")
 _SNAPSHOT_FIELDS = ("env_id", "physics", "arrays", "meta", "observation")
 _BRANCH_FIELDS = ("id", "parent", "fork", "history", "current")
+# Settings fields stored under another name: version 1 called ``pick_best`` ``best_of``.
+_SETTINGS_KEYS = {"pick_best": "best_of"}
+_SETTINGS_FIELDS = {v: k for k, v in _SETTINGS_KEYS.items()}
+# Keys version 1 stores that are no longer settings (the weight slider's scale is a view
+# preference now): written with this value for version-1 readers, ignored when read.
+_SETTINGS_RETIRED = {"log_weight": True}
 SCHEMA: dict[type, tuple[str, ...]] = {
     Settings: tuple(f.name for f in fields(Settings)),
     DenoiseTrace: _TRACE_TENSORS + _TRACE_SCALARS,
@@ -178,6 +184,14 @@ class Timeline:
     created: str = ""
     code_version: str = ""
     path: Path | None = None
+
+    @property
+    def installed_label(self) -> str:
+        """The policy's label once opened: the checkpoint's name when it is here with the
+        same files, else the saved label, marked when the weights came from the file alone."""
+        if self.checkpoint_path is not None or self.label in (RANDOM_LABEL, CUSTOM_LABEL):
+            return self.label
+        return f"{self.label} (weights from the timeline)"
 
 
 def default_path(env_name: str, directory: str | Path = TIMELINE_DIR) -> Path:
@@ -267,7 +281,8 @@ class _Writer:
         # By value: settings are frozen, and equal ones are interchangeable.
         if s not in self._settings:
             self._settings[s] = len(self.tables["settings"])
-            self.tables["settings"].append({k: _scalar(getattr(s, k)) for k in SCHEMA[Settings]})
+            stored = {_SETTINGS_KEYS.get(k, k): _scalar(getattr(s, k)) for k in SCHEMA[Settings]}
+            self.tables["settings"].append({**stored, **_SETTINGS_RETIRED})
         return self._settings[s]
 
     def snapshot(self, snap: EnvSnapshot) -> int:
@@ -394,21 +409,6 @@ def _digest(document: str, tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``;
-    on any error the temporary file is removed and ``path`` is left as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_timeline(session: Session, path: str | os.PathLike) -> Path:
     """Write ``session``'s whole timeline to ``path`` (one file, atomically).
 
@@ -459,7 +459,7 @@ def save_timeline(session: Session, path: str | os.PathLike) -> Path:
         "document": document,
         "sha256": _digest(document, w.tensors),
     }
-    write_atomic(path, lambda tmp: save_tensors(w.tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_tensors(w.tensors, str(tmp), metadata=metadata))
     return path
 
 
@@ -563,8 +563,10 @@ class _Reader:
 
     def settings(self, i: int) -> Settings:
         def build(d: dict[str, Any]) -> Settings:
+            kept = {k: v for k, v in d.items() if k not in _SETTINGS_RETIRED}
+            settings = Settings(**{_SETTINGS_FIELDS.get(k, k): v for k, v in kept.items()})
             # The device is where the networks are now, for every record alike.
-            return replace(Settings(**d), device=self.device) if self.moved else Settings(**d)
+            return replace(settings, device=self.device) if self.moved else settings
 
         return self._get("settings", i, build)
 
@@ -806,9 +808,26 @@ def _timeline(
     )
 
 
-def installed_label(timeline: Timeline) -> str:
-    """The policy's label once opened: the checkpoint's name when it is here with the same
-    files, else the saved label, marked when the weights came from the file alone."""
-    if timeline.checkpoint_path is not None or timeline.label in (RANDOM_LABEL, CUSTOM_LABEL):
-        return timeline.label
-    return f"{timeline.label} (weights from the timeline)"
+def open_timeline(
+    session: Session, source: str | os.PathLike | Timeline, device: str | None = None
+) -> Timeline:
+    """Read ``source`` (unless it is a ``Timeline`` already) and install it in ``session``
+    (``Session.open_timeline``; on error the session is unchanged).
+
+    Returns the timeline read; its ``notes`` say what differs from where it was saved
+    (e.g. the checkpoint is missing here or has other files: its embedded weights are used
+    either way).
+    """
+    timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+    session.open_timeline(timeline)
+    return timeline
+
+
+def open_session(source: str | os.PathLike | Timeline, device: str | None = None) -> Session:
+    """A new session on a saved timeline (``open_timeline``; notes are dropped: read the
+    file with ``read_timeline`` first to show them)."""
+    timeline = source if isinstance(source, Timeline) else read_timeline(source, device)
+    s = timeline.settings
+    session = Session(settings=Settings(env_name=s.env_name, device=s.device, seed=s.seed))
+    session.open_timeline(timeline)
+    return session

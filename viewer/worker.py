@@ -107,14 +107,8 @@ class Worker:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is pending or running (ignores play); False on timeout."""
-        end = time.monotonic() + timeout
         with self._cv:
-            while self._busy or self._pending:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: not (self._busy or self._pending), timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:

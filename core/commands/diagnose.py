@@ -82,35 +82,26 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from core.checkpoints import CheckpointError
     from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.landscape:
-        try:
-            return _landscape(args)
-        except (CheckpointError, ValueError) as e:
-            print(f"qgf diagnose: {e}", file=sys.stderr)
-            return 2
-    try:
-        report = diagnose_checkpoint(
-            args.checkpoint,
-            states=args.states,
-            estimators=args.estimators,
-            weight=args.weight,
-            steps=args.steps,
-            best_of=args.best_of,
-            eps=args.eps,
-            perturbations=args.perturbations,
-            k=args.k,
-            seed=args.seed,
-            sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
-            device=args.device,
-        )
-    except (CheckpointError, ValueError) as e:
-        print(f"qgf diagnose: {e}", file=sys.stderr)
-        return 2
+        return _landscape(args)
+    report = diagnose_checkpoint(
+        args.checkpoint,
+        states=args.states,
+        estimators=args.estimators,
+        weight=args.weight,
+        steps=args.steps,
+        best_of=args.best_of,
+        eps=args.eps,
+        perturbations=args.perturbations,
+        k=args.k,
+        seed=args.seed,
+        sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
+        device=args.device,
+    )
     out = args.out or f"diagnose-{Path(args.checkpoint).resolve().name}"
     paths = write_report(report, out)
     m = report.manifold

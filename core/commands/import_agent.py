@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "import a QGF-release or FQL JAX agent (params_<step>.pkl) as a checkpoint"
 
@@ -49,17 +48,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from core.agent_import import ImportOptions, import_agent
-    from core.checkpoints import CheckpointError
-    from core.data import DatasetError
 
     # gymnasium warns about OGBench's float64 action bounds on every env made: noise here.
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     options = ImportOptions(args.flow_steps, args.q_agg, args.activation)
-    try:
-        report = import_agent(args.src, args.out, args.env, options, args.data)
-    except (CheckpointError, DatasetError, ValueError, OSError) as e:
-        print(f"qgf import: {e}", file=sys.stderr)
-        return 2
+    # Errors (a refused pickle, an unknown layout, dims that do not fit) end the command with
+    # one line through core.cli.
+    report = import_agent(args.src, args.out, args.env, options, args.data)
     c = report.config
     for note in report.notes:
         print(f"note: {note}")

@@ -18,12 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "record rollout videos without a display: one tiled panel per (weight, estimator)"
+from core.defaults import CHECKPOINT_ROOT, DEFAULT_ENV, default_checkpoint
 
-CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
-DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
-# Untrained networks for --random-weights: small, the video is about the pipeline, not skill.
-_RANDOM_HIDDEN = (256, 256, 256, 256)
+HELP = "record rollout videos without a display: one tiled panel per (weight, estimator)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--candidates", type=int, default=8, help="candidates N per step (default %(default)s)"
     )
     parser.add_argument(
+        "--pick-best",
         "--best-of",
+        dest="pick_best",
         action="store_true",
-        help="execute the candidate of highest Q (default: candidate 0, a single-sample policy)",
+        help="execute the candidate of highest Q, best-of-N (default: candidate 0, a "
+        "single-sample policy); --best-of is an old name for it",
     )
     parser.add_argument("--max-steps", type=int, help="env steps per episode at most")
     parser.add_argument(
@@ -125,20 +125,6 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def default_checkpoint() -> Path | None:
-    """The shipped checkpoint for ``DEFAULT_ENV``: the first directory in ``checkpoints/``
-    (by name) whose config names that env, whatever the directory is called."""
-    import json
-
-    for config in sorted(CHECKPOINT_ROOT.glob("*/config.json")):
-        try:
-            if json.loads(config.read_text()).get("env") == DEFAULT_ENV:
-                return config.parent
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def _checkpoint_path(arg: str | None) -> Path:
     if arg is None:
         path = default_checkpoint()
@@ -167,7 +153,7 @@ def _settings(args: argparse.Namespace, flow_steps: int):
         seed=args.seed,
         steps=flow_steps if args.steps is None else args.steps,
         candidates=args.candidates,
-        best_of=args.best_of,
+        pick_best=args.pick_best,
         max_steps=args.max_steps,
         width=width,
         height=height,
@@ -238,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     label = env_label(env_name)
     if policy is None:
-        policy, critic = _random_networks(env_name, device, args.seed)
+        policy, critic = _random_networks(env_name, device)
         label += ", random weights"
     off_manifold = None
     if path is not None and settings.layers.off_manifold:
@@ -269,21 +255,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _random_networks(env_name: str, device: str, seed: int):
-    import torch
-
+def _random_networks(env_name: str, device: str):
+    from core.defaults import random_networks
     from core.envs import make_env
-    from core.models import Critic, VelocityField
 
     env = make_env(env_name)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
-    torch.manual_seed(seed)
-    policy = VelocityField(obs_dim, action_dim, hidden=_RANDOM_HIDDEN)
-    critic = Critic(obs_dim, action_dim, hidden=_RANDOM_HIDDEN)
-    for net in (policy, critic):
-        net.to(device).eval().requires_grad_(False)
-    return policy, critic
+    return random_networks(obs_dim, action_dim, device)
 
 
 def _summary(result) -> None:
@@ -294,6 +273,6 @@ def _summary(result) -> None:
     print(f"  {'estimator':<14}{'weight':>8}{'episode':>9}{'steps':>7}{'success':>9}{'return':>9}")
     for e in result.episodes:
         print(
-            f"  {e.panel.estimator:<14}{e.panel.weight:>8g}{e.episode:>9}{e.steps:>7}"
+            f"  {e.panel.estimator:<14}{e.panel.weight:>8g}{e.episode:>9}{e.env_steps:>7}"
             f"{'yes' if e.success else 'no':>9}{e.ret:>9.1f}"
         )

@@ -9,7 +9,7 @@ import typing
 HELP = "train a flow BC policy and an IQL critic into a checkpoint (resumes from --out)"
 
 # Flags that are not TrainConfig fields.
-_OWN = ("data", "out", "device", "threads", "log_dir", "no_resume", "no_progress")
+_OWN = ("data", "out", "device", "threads", "log_dir", "no_resume", "no_progress", "debug")
 
 
 def _parse_tuple(kind: type):

@@ -1,0 +1,42 @@
+"""The ``qgf`` command line: every error one line and exit status 2, tracebacks on --debug."""
+
+from pathlib import Path
+
+import pytest
+
+from core.cli import error_line, main
+
+
+@pytest.mark.parametrize("command", ["eval", "diagnose", "record", "view"])
+def test_a_wrong_checkpoint_path_is_one_line_and_exit_2(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing = tmp_path / "nope"
+    assert main([command, str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"qgf {command}: error:") and str(missing) in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from core.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        main(["eval", str(tmp_path / "nope"), "--debug"])
+
+
+def test_train_without_data_says_how_to_get_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["train", "--out", str(tmp_path / "ck"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "qgf datagen" in err and "--data DIR" in err
+
+
+def test_error_lines() -> None:
+    assert error_line(ValueError("bad\n  value")) == "bad value"
+    assert error_line(FileNotFoundError(2, "No such file", "/x")) == (
+        "no such file or directory: /x"
+    )
+    assert error_line(TypeError("oops")) == "TypeError: oops"
