@@ -1,9 +1,11 @@
 """The critic's landscape at one state: Q on a 2-D slice of the action space, where the Q
 heads disagree, where the data is, and where the denoising went.
 
-A slice holds every action dimension fixed at a base action (the executed action, or the
-candidates' mean) but two, ``dims``, of one action of the chunk, ``chunk_index``; those two
-sweep a ``resolution x resolution`` grid over ``[-1, 1]^2`` (the action box). On it:
+A slice holds every action dimension fixed at a base action (by default the action the w = 0
+candidates would have executed, so the slice stays put while the weight moves; or the
+executed action; or the candidates' mean) but two, ``dims``, of one action of the chunk,
+``chunk_index``; those two sweep a ``resolution x resolution`` grid over ``[-1, 1]^2`` (the
+action box). On it:
 
 ==================  ===========================================================================
 ``q``               the aggregated (guidance) critic, Q(s, a): one batched call for the grid
@@ -34,7 +36,7 @@ from torch import Tensor
 
 from core.guidance import QFn
 
-HOLDS = ("executed", "mean")
+HOLDS = ("ghost", "executed", "mean")
 MIN_BANDWIDTH = 0.02
 DEFAULT_RESOLUTION = 64
 
@@ -46,14 +48,15 @@ class SliceSpec:
     Attributes:
         dims: the two env-action dimensions that vary (0, 1 = the effector's dx, dy).
         chunk_index: which action of a chunk (0 for the first; always 0 without chunks).
-        hold: the other dimensions' values: ``executed`` (the executed candidate's action)
-            or ``mean`` (the candidates' mean).
+        hold: the other dimensions' values: ``ghost`` (the action the w = 0 candidates
+            would have executed: the same whatever the weight), ``executed`` (the executed
+            candidate's action) or ``mean`` (the guided candidates' mean).
         resolution: grid points per axis.
     """
 
     dims: tuple[int, int] = (0, 1)
     chunk_index: int = 0
-    hold: str = "executed"
+    hold: str = "ghost"
     resolution: int = DEFAULT_RESOLUTION
 
     def validate(self, env_action_dim: int, horizon: int) -> None:
@@ -263,11 +266,15 @@ def data_density(
     return density, points, "", bandwidth
 
 
-def base_action(final: Tensor, executed: int, hold: str) -> Tensor:
-    """The flat action the slice is held at: the executed candidate's, or the mean of the
-    candidates' final actions ``final [N, A]``."""
+def base_action(final: Tensor, executed: int, hold: str, ghost: Tensor | None = None) -> Tensor:
+    """The flat action the slice is held at, from the candidates' final actions
+    ``final [N, A]`` (and the w = 0 ones ``ghost [N, A]`` for ``hold = "ghost"``)."""
     if hold == "mean":
         return final.mean(dim=0)
+    if hold == "ghost":
+        if ghost is None:
+            raise ValueError("hold 'ghost' needs the w = 0 candidates")
+        return ghost[executed]
     return final[executed]
 
 
@@ -470,7 +477,7 @@ def episode_slices(
                         grad=grad[:, r],
                         label=f"{estimator}, w = {w:g}",
                     )
-                base = base_action(final[0], 0, spec.hold)
+                base = base_action(final[0], 0, spec.hold, ghost=final[-1])
                 land = critic_landscape(critic, o[0], base, spec, env_dim, horizon, manifold)
                 out.append(EpisodeSlice(t, np.asarray(obs), land, paths))
             chunk = list(final[0, 0].cpu().numpy().reshape(horizon, env_dim))

@@ -115,6 +115,9 @@ def test_base_action_and_bad_slices():
     final = torch.tensor([[0.1, 0.2, 0.3], [0.5, -0.2, 0.1]])
     assert torch.equal(base_action(final, 1, "executed"), final[1])
     assert torch.allclose(base_action(final, 0, "mean"), final.mean(0))
+    assert torch.equal(base_action(final, 1, "ghost", ghost=-final), -final[1])
+    with pytest.raises(ValueError, match="w = 0"):
+        base_action(final, 0, "ghost")
     for spec, message in [
         (SliceSpec(dims=(1, 1)), "two different dims"),
         (SliceSpec(dims=(0, 3)), "two different dims"),

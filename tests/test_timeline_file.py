@@ -579,3 +579,27 @@ def test_a_file_from_before_the_architecture_switches_opens_with_their_defaults(
         a, b = getattr(old, role), getattr(new, role)
         assert a.architecture() == b.architecture()
         assert_same(dict(a.state_dict()), dict(b.state_dict()), role)
+
+
+def test_view_choices_round_trip_and_older_files_have_none(original, saved, tmp_path):
+    view = {"landscape": {"slice": {"dims": [0, 2], "chunk_index": 0}, "heat": "head std"}}
+    path = save_timeline(original, tmp_path / f"v{SUFFIX}", view=view)
+    assert read_timeline(path).view == view
+    assert read_timeline(saved).view == {}
+
+
+def test_landscape_prefs_from_a_file_are_checked():
+    from viewer.landscape_view import LandscapeView
+
+    class App:  # the view needs no window to hold its choices
+        pass
+
+    view = LandscapeView(App())
+    view.apply_prefs({"slice": {"dims": [1, 2], "hold": "mean", "resolution": 32}})
+    assert view.spec.dims == (1, 2) and view.spec.hold == "mean"
+    # Bad entries are ignored, never half-applied or raised.
+    for bad in (None, 3, {"slice": {"dims": [1, 1]}}, {"slice": {"nope": 1}}, {"heat": "x"}):
+        view.apply_prefs(bad)
+        assert view.spec.dims == (1, 2) and view.heat == "Q"
+    view.apply_prefs({"layers": {"density": False, "unknown": True}})
+    assert view.layers["density"] is False and "unknown" not in view.layers

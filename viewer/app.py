@@ -43,6 +43,7 @@ from core.render import (
 )
 from viewer.compare_view import CompareView
 from viewer.frames import FrameStream
+from viewer.landscape_view import LandscapeView
 from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
 from viewer.record import SceneRecorder, default_path
 from viewer.session import FrameSpec, Session, SessionView, branch_rgba
@@ -97,6 +98,7 @@ KEYS = (
     ("V", "start / stop recording a video of the scene"),
     ("B", "branch: continue from the step shown (or change a setting there)"),
     ("C", "compare every estimator at the step shown"),
+    ("L", "the critic's landscape at the step shown (click it to probe an action)"),
     ("H or F1", "this help"),
     ("Esc", "close this help"),
     ("Left drag", "orbit the camera (in the scene)"),
@@ -178,6 +180,10 @@ class ViewerApp:
         self.compare = CompareView(self)
         self.panels.append(self.compare.build)
         self.on_tick.append(self.compare.tick)
+        # The critic's landscape at the step shown: a panel, a window, a probe in the scene.
+        self.landscape = LandscapeView(self)
+        self.panels.append(self.landscape.build)
+        self.on_tick.append(self.landscape.tick)
         self.frames = FrameStream(
             self.session.frame,
             render,
@@ -584,13 +590,23 @@ class ViewerApp:
         between two steps; the status bar shows the path once it is written."""
         path = Path(path or timeline_path(self.session.settings.env_name)).resolve()
 
+        view = self.view_prefs()
+
         def save(session: Session) -> None:
-            save_timeline(session, path)
+            save_timeline(session, path, view=view)
             self._saved = (path, time.monotonic())
 
         self.command("save timeline", save)
         self.report(f"saving the timeline to {path} ...")
         return path
+
+    def view_prefs(self) -> dict:
+        """The view choices a saved timeline keeps (JSON): the landscape's slice and layers."""
+        return {"landscape": self.landscape.prefs()}
+
+    def apply_view_prefs(self, prefs: dict) -> None:
+        """Restore ``view_prefs`` from a timeline (missing or bad entries: left as they are)."""
+        self.landscape.apply_prefs((prefs or {}).get("landscape"))
 
     def open_timeline(self, source: str | os.PathLike | Timeline) -> None:
         """Open a saved timeline in place of the episode: read and checked here (a bad file
@@ -607,6 +623,7 @@ class ViewerApp:
             self._resync = True
 
         self.command("checkpoint", install)
+        self.apply_view_prefs(timeline.view)
         self.report(f"opening {timeline.path} ...")
         if timeline.notes:
             self.report("note: " + "; ".join(timeline.notes))
@@ -1099,6 +1116,7 @@ class ViewerApp:
             ("v", dpg.mvKey_V, self.toggle_recording),
             ("b", dpg.mvKey_B, self.branch_here),
             ("c", dpg.mvKey_C, self.compare.request),
+            ("l", dpg.mvKey_L, self.landscape.toggle_window),
         )
         with dpg.handler_registry():
             for name, key, action in keys:
@@ -1427,6 +1445,9 @@ class ViewerApp:
             )
         elif rec is not None:
             parts.append("distance to data n/a" + (" (random weights)" if view.random else ""))
+        probe = self.landscape.status_part()
+        if probe is not None:
+            parts.append(probe)
         if self.worker.busy:
             parts.append("sampling ...")
         return parts

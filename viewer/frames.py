@@ -113,7 +113,8 @@ class FrameStream:
         self.layers = layers or OverlayLayers()
         self.on_error = on_error
         self.frame_hooks: list[FrameHook] = []
-        self.layer: SceneLayer | None = None  # drawn over the source's frames
+        # Drawn over the source's frames, by name (the comparison's paths, a probe ...).
+        self.scene_layers: dict[str, SceneLayer] = {}
         self.stats = FrameStats()
         self._settings = settings
         self._cv = threading.Condition()
@@ -186,9 +187,15 @@ class FrameStream:
 
         return self._command(apply)
 
-    def set_layer(self, layer: SceneLayer | None) -> int:
-        """Draw ``layer`` over the frames it belongs to (None: none); returns a ticket."""
-        self.layer = layer
+    def set_layer(self, layer: SceneLayer | None, name: str = "compare") -> int:
+        """Draw ``layer`` over the frames it belongs to, in the slot ``name`` (None empties
+        it); returns a ticket."""
+        layers = dict(self.scene_layers)
+        if layer is None:
+            layers.pop(name, None)
+        else:
+            layers[name] = layer
+        self.scene_layers = layers  # replaced whole: the render thread reads it unlocked
         return self.request()
 
     def set_path_scale(self, k: float) -> int:
@@ -311,8 +318,7 @@ class FrameStream:
             raise ValueError("frame state does not fit the model")
         mujoco.mj_setState(spec.model, data, spec.physics, _STATE_SPEC)
         mujoco.mj_forward(spec.model, data)
-        layer = self.layer
-        if layer is not None:
+        for layer in self.scene_layers.values():
             spec = layer.applied(spec)
         renderer.update(data, spec.overlay, self.layers)
         t1 = time.perf_counter()

@@ -162,6 +162,8 @@ class Timeline:
         checkpoint_path: a checkpoint on this machine with the same weights and dataset
             sample (by sha256), else None.
         config: that checkpoint's config; else the recorded one (None without a checkpoint).
+        view: the viewer's view choices when saved (e.g. the landscape's slice and layers);
+            empty for files that have none.
         notes: what differs here from where it was saved (a checkpoint missing or with other
             files, another device, an unregistered estimator), for the user to read.
         created: UTC time of saving; code_version: the qgf version that saved it.
@@ -184,6 +186,7 @@ class Timeline:
     created: str = ""
     code_version: str = ""
     path: Path | None = None
+    view: dict[str, Any] = field(default_factory=dict)
 
     @property
     def installed_label(self) -> str:
@@ -409,8 +412,11 @@ def _digest(document: str, tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save_timeline(session: Session, path: str | os.PathLike) -> Path:
-    """Write ``session``'s whole timeline to ``path`` (one file, atomically).
+def save_timeline(
+    session: Session, path: str | os.PathLike, view: dict[str, Any] | None = None
+) -> Path:
+    """Write ``session``'s whole timeline to ``path`` (one file, atomically), with ``view``,
+    the viewer's view choices (JSON; e.g. the landscape's slice and layers), when given.
 
     Call it on the thread that owns the session (in the viewer: the worker), so that no
     step lands half-way through. Returns the path.
@@ -448,6 +454,7 @@ def save_timeline(session: Session, path: str | os.PathLike) -> Path:
             "label": session.label,
         },
         "checkpoint": _checkpoint_identity(session),
+        "view": dict(view or {}),
         "networks": networks,
         **w.tables,
         "branches": branches,
@@ -804,6 +811,7 @@ def _timeline(
         notes=notes,
         created=doc.get("created", ""),
         code_version=doc.get("code_version", ""),
+        view=doc["view"] if isinstance(doc.get("view"), dict) else {},
         path=path,
     )
 

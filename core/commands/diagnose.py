@@ -69,9 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     landscape.add_argument("--chunk-index", type=int, default=0, help="action of the chunk")
     landscape.add_argument(
         "--hold",
-        choices=("executed", "mean"),
-        default="executed",
-        help="other dims held at the executed action or the candidates' mean",
+        choices=("ghost", "executed", "mean"),
+        default="ghost",
+        help="other dims held at the w = 0 executed action (default: the same slice at "
+        "every weight), the executed action, or the candidates' mean",
     )
     landscape.add_argument("--resolution", type=int, default=64, help="grid points per axis")
     landscape.add_argument("--candidates", type=int, default=8, help="candidates N per step")
