@@ -91,7 +91,7 @@ def test_the_table_and_plot_show_the_computed_values(app):
     result = view.result
     c = result.comparison
     assert c.labels == [*ESTIMATORS, best_of_label(N)]
-    assert result.key[2] == session.current.index and result.settings.weight == 0.3
+    assert result.key[1] == session.current.index and result.settings.weight == 0.3
     assert dpg.is_item_shown(view.tags["window"])
     for row in c.rows:
         shown_cells = {name: dpg.get_value(tag) for name, tag in view.cell_tags[row.label].items()}
