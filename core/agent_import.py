@@ -51,6 +51,7 @@ from core.checkpoints import (
     save_checkpoint,
     sha256_file,
 )
+from core.files import read_json_object
 from core.models import (
     ACTIVATIONS,
     AGGREGATIONS,
@@ -113,13 +114,7 @@ def read_run_flags(params_file: Path) -> dict[str, Any]:
     path = params_file.parent / "flags.json"
     if not path.is_file():
         return {}
-    try:
-        flags = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AgentImportError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(flags, dict):
-        raise AgentImportError(f"{path} does not hold a JSON object")
-    return flags
+    return read_json_object(path, AgentImportError)
 
 
 # ----------------------------------------------------------------------------- flax trees

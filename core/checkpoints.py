@@ -51,6 +51,7 @@ from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
 from core import __version__
+from core.files import read_json_object
 from core.models import (
     ACTIVATIONS,
     AGGREGATIONS,
@@ -502,12 +503,7 @@ def read_config(path: str | os.PathLike, verify: bool = True) -> CheckpointConfi
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
         raise CheckpointError(f"{path} is missing {CONFIG_FILE}")
-    try:
-        data = json.loads(cfg_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cfg_file} does not hold a JSON object")
+    data = read_json_object(cfg_file, CheckpointError)
     if data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{cfg_file}: format_version {data.get('format_version')!r}, "
