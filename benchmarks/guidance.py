@@ -33,6 +33,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from core.commands import args as common
+
 HELP = "guided sampling ms per estimator at batch 1/32/256 vs unguided Euler, FLOPs per action"
 
 TARGET_QGF_BATCH1 = 4.0  # QGF at batch 1 within this factor of unguided sampling
@@ -55,11 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--estimators", nargs="+", help="estimators (default: all registered)")
     parser.add_argument("--weight", type=float, default=0.05, help="guidance weight")
-    parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: torch's, the core count)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--seed", type=int, default=0, help="seed of networks and noise")
+    common.add_threads(parser, None)
+    common.add_device(parser)
+    common.add_seed(parser, "seed of the states and noise")
 
 
 def _networks(device: str):

@@ -22,8 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
+
+from core.commands import args as common
 
 HELP = "recording fps (rollout + overlays + render + caption + encode) vs render + encode alone"
 
@@ -46,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per row")
     parser.add_argument("--size", default="320x240", help="one panel's scene, WIDTHxHEIGHT")
     parser.add_argument("--candidates", type=int, default=8, help="candidates N per step")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as qgf record)")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    common.add_threads(parser, 1)
+    common.add_device(parser)
     parser.add_argument(
         "--quick", action="store_true", help=f"{_QUICK_FRAMES} env steps per measurement"
     )
@@ -143,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     if args.quick:
         args.frames = min(args.frames, _QUICK_FRAMES)
     torch.set_num_threads(args.threads)

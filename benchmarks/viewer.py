@@ -30,7 +30,8 @@ import statistics
 import sys
 import threading
 import time
-import warnings
+
+from core.commands import args as common
 
 HELP = "viewer fps (step + sample + overlays + render + upload + GUI) vs raw mujoco.Renderer"
 
@@ -52,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="qgf", help="estimator (default qgf)")
     parser.add_argument("--candidates", type=int, default=8, help="candidates N")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps T")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    common.add_threads(parser, 1)
+    common.add_device(parser)
     parser.add_argument("--size", help="scene WIDTHxHEIGHT (default: what the window fits)")
     parser.add_argument(
         "--quick", action="store_true", help="3 s measurements, one A/B pair, 5 latency trials"
@@ -180,7 +181,6 @@ def _latency(app, trials: int) -> list[tuple[float, float, float, float]]:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     import torch
 
     from core.defaults import default_checkpoint

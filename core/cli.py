@@ -39,6 +39,24 @@ SUMMARIES = {
 }
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already speaks of it or
+    there is none to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or action.option_strings in ([], ["-h", "--help"])
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = ",".join(str(x) for x in default)
+        return f"{text} (default {str(default).replace('%', '%%')})".strip()
+
+
 def _commands() -> dict[str, str]:
     found = {ep.name: ep.value for ep in entry_points(group="qgf.commands")}
     found.update(CORE_COMMANDS)
@@ -73,12 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in commands:
         top.error(f"unknown command {name!r}; choose from: {', '.join(sorted(commands))}")
     module: ModuleType = importlib.import_module(commands[name].split(":")[0])
-    parser = argparse.ArgumentParser(prog=f"qgf {name}", description=module.HELP)
+    parser = argparse.ArgumentParser(
+        prog=f"qgf {name}", description=module.HELP, formatter_class=DefaultsShown
+    )
     module.add_arguments(parser)
     parser.add_argument(
         "--debug", action="store_true", help="on an error, show the whole traceback"
     )
-    args = parser.parse_args(rest)
+    try:
+        args = parser.parse_args(rest)
+    except SystemExit as e:  # a bad option (argparse printed it) or --help
+        return int(e.code or 0)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

@@ -244,12 +244,8 @@ _WORKER: dict = {}
 def _worker_init(config: GenerationConfig) -> None:
     # Physics and the oracles are single-threaded; extra BLAS threads only fight for the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import warnings
 
     import ogbench
-
-    # gymnasium warns on every env made that OGBench's float64 action bounds become float32.
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
     parsed = config.parsed
     env = ogbench.make_env_and_datasets(

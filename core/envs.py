@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
+
+# OGBench's manipulation envs build a float64 Box at every ``action_space`` access (each
+# reset, each step's checks), and gymnasium warns each time, with raw terminal escape codes,
+# that it is cast to float32: harmless, and noise in every command's output.
+warnings.filterwarnings("ignore", message=".*precision lowered by casting")
 
 DATASET_TYPES = ("play", "noisy")
 _NAME = re.compile(

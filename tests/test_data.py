@@ -306,7 +306,7 @@ def test_datagen_names() -> None:
     assert _dataset_name("cube-single-v0", "noisy") == "cube-single-noisy-v0"
     assert _dataset_name("scene-v0", None) == "scene-play-v0"
     assert _dataset_name("scene-play-singletask-task2-v0", "play") == "scene-play-v0"
-    with pytest.raises(SystemExit, match="is a play dataset but --dataset-type is noisy"):
+    with pytest.raises(ValueError, match="is a play dataset but --dataset-type is noisy"):
         _dataset_name("cube-single-play-v0", "noisy")
     with pytest.raises(ValueError, match="unknown env family"):
         _dataset_name("cube-singel-v0", None)

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from core.commands import args as common
+
 HELP = "open the viewer on a checkpoint (default: the shipped default checkpoint)"
 # Options that choose what --open restores from the file.
 _NOT_WITH_OPEN = ("env", "weight", "estimator", "candidates", "random_weights", "toy")
@@ -25,17 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OGBench env/task name (default: the checkpoint's env; for a .pkl, its run's "
         "flags.json)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: the renderer and the window need the other cores)",
-    )
+    common.add_device(parser)
+    common.add_threads(parser, 1, "the renderer and the window need the other cores")
     parser.add_argument("--weight", type=float, help="initial guidance weight")
     parser.add_argument("--estimator", help="initial gradient estimator")
     parser.add_argument("--candidates", type=int, help="candidates N drawn per step")
-    parser.add_argument("--seed", type=int, default=0, help="episode and noise seed")
+    common.add_seed(parser, "episode and noise seed")
     parser.add_argument(
         "--random-weights",
         action="store_true",
@@ -64,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # MuJoCo renders on a thread of its own: EGL (GPU or Mesa) allows that, glfw does not.
     os.environ.setdefault("MUJOCO_GL", "egl")
+    args.device = common.resolve_device(args.device)
     if args.screenshot and args.frames is None:
         print("qgf view: error: --screenshot needs --frames N", file=sys.stderr)
         return 2
@@ -120,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     from core.defaults import default_checkpoint
     from viewer.session import Session, Settings
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.commands import args as common
+
 HELP = "generate an OGBench dataset (train + -val split) with OGBench's scripted oracles"
 
 
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-episode-steps", type=int, default=1001, help="steps per episode")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_seed(parser, "seed of the episodes' tasks, starts and oracle noise")
     parser.add_argument("--noise", type=float, default=0.1, help="oracle noise scale")
     parser.add_argument("--noise-smoothing", type=float, default=0.5, help="play plan smoothing")
     parser.add_argument(
@@ -51,9 +53,8 @@ def _dataset_name(env: str, dataset_type: str | None) -> str:
     if parts[-2:-1] in (["play"], ["noisy"]) or "singletask" in parts:
         name = parse_name(env)
         if dataset_type is not None and dataset_type != name.dataset_type:
-            raise SystemExit(
-                f"qgf datagen: --env {env} is a {name.dataset_type} dataset but "
-                f"--dataset-type is {dataset_type}"
+            raise ValueError(
+                f"--env {env} is a {name.dataset_type} dataset but --dataset-type is {dataset_type}"
             )
         return name.dataset_name
     stem = env.removesuffix("-v0")
@@ -63,10 +64,7 @@ def _dataset_name(env: str, dataset_type: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from core.data import GenerationConfig, generate_dataset
 
-    try:
-        name = _dataset_name(args.env, args.dataset_type)
-    except ValueError as e:
-        raise SystemExit(f"qgf datagen: {e}") from None
+    name = _dataset_name(args.env, args.dataset_type)
     val = args.val_episodes if args.val_episodes is not None else max(1, args.episodes // 10)
     config = GenerationConfig(
         name=name,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.commands import args as common
+
 HELP = "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data (PNG + JSON)"
 
 
@@ -13,41 +15,44 @@ def _names(text: str) -> list[str] | None:
     return None if names == ["all"] else names
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--states", type=int, default=256, help="states from the data sample")
+    parser.add_argument(
+        "--states", type=int, default=256, help="states from the data sample (default 256)"
+    )
     parser.add_argument(
         "--estimators", type=_names, default=None, help="comma-separated, or 'all' (default)"
     )
-    parser.add_argument("--out", help="output directory (default: diagnose-<checkpoint name>)")
+    parser.add_argument("--out", help="output directory (default: runs/diagnose/<checkpoint name>)")
     parser.add_argument(
         "--weight", type=float, default=None, help="default: best qgf weight in eval.json"
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the checkpoint's T")
-    parser.add_argument("--best-of", type=int, default=16, help="N of the best-of-N oracle")
-    parser.add_argument("--eps", type=float, default=0.05, help="noise-sensitivity eps")
     parser.add_argument(
-        "--perturbations", type=int, default=2, help="noise-sensitivity draws per state, step"
+        "--best-of", type=int, default=16, help="N of the best-of-N oracle (default 16)"
     )
-    parser.add_argument("--k", type=int, default=32, help="nearest states per distance query")
+    parser.add_argument(
+        "--eps", type=float, default=0.05, help="noise-sensitivity eps (default 0.05)"
+    )
+    parser.add_argument(
+        "--perturbations",
+        type=int,
+        default=2,
+        help="noise-sensitivity draws per state and step (default 2)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=32, help="nearest states per distance query (default 32)"
+    )
     parser.add_argument(
         "--sweep",
-        type=_floats,
+        type=common.floats,
         default=None,
         help="weights for the by-weight figure, comma-separated ('' for none; "
         "default 0.003,0.01,0.03,0.1,0.3,1)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    common.add_seed(parser, "seed of the states picked and the noise")
+    common.add_device(parser)
+    common.add_threads(parser, None)
     landscape = parser.add_argument_group(
         "landscape",
         "with --landscape, only the critic's landscape on a 2-D action slice is written, at "
@@ -55,16 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     landscape.add_argument("--landscape", action="store_true", help="write the landscape")
     landscape.add_argument(
-        "--landscape-steps", type=_ints, default=[0, 20, 40], help="env steps (default 0,20,40)"
+        "--landscape-steps",
+        type=common.ints,
+        default=[0, 20, 40],
+        help="env steps (default 0,20,40)",
     )
     landscape.add_argument(
         "--landscape-weights",
-        type=_floats,
+        type=common.floats,
         default=None,
         help="weights whose paths are drawn (default: --weight); the episode plays at the first",
     )
     landscape.add_argument(
-        "--slice-dims", type=_ints, default=[0, 1], help="two action dims (default 0,1: dx, dy)"
+        "--slice-dims",
+        type=common.ints,
+        default=[0, 1],
+        help="two action dims (default 0,1: dx, dy)",
     )
     landscape.add_argument("--chunk-index", type=int, default=0, help="action of the chunk")
     landscape.add_argument(
@@ -81,12 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
+    args.device = common.resolve_device(args.device)
     if args.landscape:
         return _landscape(args)
     report = diagnose_checkpoint(
@@ -103,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         sweep=DEFAULT_SWEEP if args.sweep is None else args.sweep,
         device=args.device,
     )
-    out = args.out or f"diagnose-{Path(args.checkpoint).resolve().name}"
+    out = args.out or Path("runs") / "diagnose" / Path(args.checkpoint).resolve().name
     paths = write_report(report, out)
     m = report.manifold
     distance = (
@@ -186,7 +195,8 @@ def _landscape(args: argparse.Namespace) -> int:
         spec=spec,
         manifold=manifold,
     )
-    out = Path(args.out or f"diagnose-{Path(args.checkpoint).resolve().name}") / "landscape"
+    out = Path(args.out or Path("runs") / "diagnose" / Path(args.checkpoint).resolve().name)
+    out = out / "landscape"
     written = write_episode_slices(slices, out, env_label(config.env))
     for s in slices:
         print(

@@ -4,40 +4,44 @@ from __future__ import annotations
 
 import argparse
 
+from core.commands import args as common
+
 HELP = "success rate and return per guidance weight and estimator (95% CIs), JSON + PNG"
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--weights", type=_floats, default=[0.0, 0.01, 0.03, 0.1])
-    parser.add_argument("--estimators", type=_names, default=["qgf"], help="comma-separated")
-    parser.add_argument("--episodes", type=int, default=50, help="episodes per (weight, est.)")
-    parser.add_argument("--envs", type=int, default=25, help="envs stepped together")
-    parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
+    parser.add_argument(
+        "--weights",
+        type=common.floats,
+        default=[0.0, 0.01, 0.03, 0.1],
+        help="guidance weights, comma-separated (default 0,0.01,0.03,0.1)",
+    )
+    parser.add_argument(
+        "--estimators", type=common.names, default=["qgf"], help="comma-separated (default qgf)"
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=50, help="episodes per (weight, estimator) (default 50)"
+    )
+    parser.add_argument("--envs", type=int, default=25, help="envs stepped together (default 25)")
+    common.add_seed(parser, "episode i resets with seed + i")
     parser.add_argument("--out", help="where eval.json and eval.png go (default: CHECKPOINT)")
     parser.add_argument("--env", help="evaluate on another env of the same dims")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--max-episode-steps", type=int, default=None, help="shorter episodes")
-    parser.add_argument("--no-progress", action="store_true")
+    common.add_device(parser)
+    common.add_threads(parser, None)
+    parser.add_argument(
+        "--max-episode-steps", type=int, default=None, help="shorter episodes (default: the env's)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from core.checkpoints import load_checkpoint
     from core.evaluation import evaluate, write_result
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
+    args.device = common.resolve_device(args.device)
     policy, critic, config = load_checkpoint(args.checkpoint, args.device)
     result = evaluate(
         policy,

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.commands import args as common
 from core.defaults import CHECKPOINT_ROOT, DEFAULT_ENV, default_checkpoint
 
 HELP = "record rollout videos without a display: one tiled panel per (weight, estimator)"
@@ -34,15 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="record.mp4", help="output .mp4 or .gif (default %(default)s)"
     )
     parser.add_argument(
-        "--weights", default="0,0.03", help="comma-separated guidance weights (default %(default)s)"
+        "--weights",
+        type=common.floats,
+        default=[0.0, 0.03],
+        help="comma-separated guidance weights (default 0,0.03)",
     )
     parser.add_argument(
-        "--estimators", default="qgf", help="comma-separated estimators (default %(default)s)"
+        "--estimators",
+        type=common.names,
+        default=["qgf"],
+        help="comma-separated estimators (default qgf)",
     )
     parser.add_argument("--episodes", type=int, default=1, help="episodes (default %(default)s)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="episode e starts from seed + e, as the viewer does"
-    )
+    common.add_seed(parser, "episode e starts from seed + e, as the viewer does")
     parser.add_argument("--steps", type=int, help="Euler steps T (default: the checkpoint's)")
     parser.add_argument(
         "--candidates", type=int, default=8, help="candidates N per step (default %(default)s)"
@@ -96,25 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="untrained networks for --env instead of a checkpoint (to try the pipeline)",
     )
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: the software renderer needs the other cores, and "
-        "small-batch sampling gains little from more)",
+    common.add_device(parser)
+    common.add_threads(
+        parser,
+        1,
+        "the software renderer needs the other cores, and small-batch sampling gains little "
+        "from more",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"{what}: need at least one value")
-    return values
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -147,8 +141,8 @@ def _settings(args: argparse.Namespace, flow_steps: int):
 
     width, height = _size(args.size)
     settings = RecordSettings(
-        weights=_floats(args.weights, "--weights"),
-        estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
+        weights=args.weights,
+        estimators=args.estimators,
         episodes=args.episodes,
         seed=args.seed,
         steps=flow_steps if args.steps is None else args.steps,
@@ -183,11 +177,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_output_path(args.out)
         _size(args.size)
-        _floats(args.weights, "--weights")
     except ValueError as err:
         return fail(str(err))
-
-    import warnings
 
     import torch
 
@@ -195,13 +186,10 @@ def run(args: argparse.Namespace) -> int:
     from core.envs import parse_name
     from core.recording import Recording, env_label
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.threads < 1:
-        return fail(f"--threads must be >= 1, got {args.threads}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return fail(f"--device {device}: CUDA is not available here")
+    try:
+        device = common.resolve_device(args.device)
+    except ValueError as err:
+        return fail(str(err))
     # Everything that can be wrong is found here, before the first env or frame.
     try:
         path = None
@@ -219,8 +207,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError) as err:
         return fail(str(err))
 
-    # gymnasium warns about OGBench's float64 action bounds on every env made: noise here.
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
     torch.set_num_threads(args.threads)
     label = env_label(env_name)
     if policy is None:

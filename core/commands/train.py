@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import typing
 
+from core.commands import args as common
+
 HELP = "train a flow BC policy and an IQL critic into a checkpoint (resumes from --out)"
 
 # Flags that are not TrainConfig fields.
@@ -13,9 +15,12 @@ _OWN = ("data", "out", "device", "threads", "log_dir", "no_resume", "no_progress
 
 
 def _parse_tuple(kind: type):
-    def parse(text: str) -> tuple:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
+    items = common.ints if kind is int else common.floats
 
+    def parse(text: str) -> tuple:
+        return tuple(items(text))
+
+    parse.__name__ = items.__name__
     return parse
 
 
@@ -24,13 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", help="dataset .npz (or a directory); default ~/.ogbench/data")
     parser.add_argument("--out", required=True, help="checkpoint directory (resumed if present)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (on a shared 2-core machine, 1 was 7x faster than 2)",
-    )
+    common.add_device(parser)
+    common.add_threads(parser, None)
     parser.add_argument("--log-dir", help="live CSV/TensorBoard logs (default runs/<out name>)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from core.data import compact_sample, load_dataset
     from core.training import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
+    args.device = common.resolve_device(args.device)
     values = {k: v for k, v in vars(args).items() if k not in _OWN}
     config = TrainConfig.from_dict(values)
     out = Path(args.out)
