@@ -12,7 +12,6 @@ before the next policy call (fewer if the episode ends inside the chunk).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -25,29 +24,7 @@ import torch
 from core.checkpoints import CheckpointConfig, check_env_dims
 from core.files import atomic_write, write_json
 from core.guidance import ESTIMATORS, QFn, VelocityFn, guided_sample
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
-    """Normal-approximation 95% interval of a mean (the mean twice when n < 2)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        m = float(x.mean()) if len(x) else float("nan")
-        return m, m
-    half = z * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean() - half), float(x.mean() + half)
+from core.stats import mean_interval, wilson_interval
 
 
 @dataclass

@@ -40,6 +40,7 @@ from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity, q
 from core.files import atomic_write, write_json
 from core.guidance import ESTIMATORS, QFn, VelocityFn, euler
 from core.manifold import DataManifold
+from core.stats import Z95, half_width
 
 ORACLE = "best_of_n"
 DATA = "data"
@@ -48,14 +49,10 @@ DATA = "data"
 DEFAULT_SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
 def _stats(x: np.ndarray) -> dict:
     """Mean, normal-approximation 95% half-width and median of ``x``."""
     x = np.asarray(x, dtype=np.float64)
-    half = Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
-    return {"mean": float(x.mean()), "ci95": float(half), "median": float(np.median(x))}
+    return {"mean": float(x.mean()), "ci95": half_width(x), "median": float(np.median(x))}
 
 
 @dataclass

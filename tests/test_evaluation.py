@@ -9,13 +9,12 @@ from core.checkpoints import CheckpointConfig, DatasetSample, load_checkpoint, s
 from core.evaluation import (
     Episodes,
     EvalResult,
-    mean_interval,
     plot_sweep,
     run_episodes,
     summarize,
-    wilson_interval,
     write_result,
 )
+from core.stats import mean_interval, wilson_interval
 
 
 def test_wilson_interval_known_values():
