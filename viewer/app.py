@@ -105,6 +105,8 @@ KEYS = (
     ("Right drag", "pan the camera (in the scene)"),
     ("Wheel", "zoom (in the scene)"),
 )
+# The sweep plot's title while playing: a sweep per step would take the steps' time.
+SWEEP_WHILE_PLAYING = "Sweep of w: shown when paused"
 
 
 @dataclass
@@ -201,6 +203,7 @@ class ViewerApp:
         self.sweep: SweepPreview | None = None
         self._sweep_wanted: tuple | None = None
         self._sweep_shown: SweepPreview | None = None
+        self._sweep_paused_note = False  # the sweep plot says it waits for a pause
         self.worker.submit("manifold", self.manifold.attach)
         # Play computes the next step while the current one renders, never further ahead.
         self.worker.play_gate = lambda: self.frames.started_version >= self.session.version
@@ -1218,6 +1221,14 @@ class ViewerApp:
         self._request_sweep()
         if self.sweep is not self._sweep_shown:
             self._plot_sweep()
+        elif self.worker.playing != self._sweep_paused_note:
+            # The sweep is computed while paused only: say so, rather than show a stale or
+            # empty plot without a word.
+            self._sweep_paused_note = self.worker.playing
+            if self.worker.playing:
+                dpg.configure_item(t["plot_sweep"], label=SWEEP_WHILE_PLAYING)
+            elif self._sweep_shown is not None:
+                self._plot_sweep()
         # After a switch (or a refused one) the controls show what the session really has.
         resync = self._resync or (
             view is not None and dpg.get_value(t["env"]) != view.settings.env_name
