@@ -84,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         f"qgf train: {config.env}, {len(dataset)} transitions from "
         f"{', '.join(dataset.sources)}; device {args.device}, {torch.get_num_threads()} threads"
     )
+    resumed = 0
+    if not args.no_resume and (out / "config.json").exists():
+        from core.checkpoints import read_config
+
+        resumed = read_config(out, verify=False).training_steps
+        print(f"qgf train: resuming {out} from step {resumed} (to {config.steps})")
 
     evaluate = None
     if config.eval_every:
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"qgf train: {result.steps} steps in {result.wall_time_s:.0f} s "
         f"({result.steps_per_s:.1f} steps/s this run) -> {result.checkpoint}"
+        + (f" (resumed from step {resumed})" if resumed else "")
     )
     return 0
 
