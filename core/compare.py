@@ -2,7 +2,7 @@
 
 ``compare_estimators`` runs each registered estimator (``core.guidance.ESTIMATORS``, those
 registered later included) and the best-of-N oracle from one noise tensor ``[N, A]`` at one
-state, and measures for each what the paper compares (design/ALGORITHM.md):
+state, and measures for each what the paper compares (docs/ALGORITHM.md):
 
 =========================  ====================================================================
 final Q                    Q(s, a) of the executed action, and the mean over the N candidates

@@ -422,7 +422,7 @@ def make_renderer(env, width: int, height: int, fast: bool = False):
 
     Args:
         fast: turn off multisampling, shadows and reflections for the model (about 5x faster on
-            software GL; see PLATFORM.md). This changes the env's own renders too.
+            software GL). This changes the env's own renders too.
     """
     import mujoco
 

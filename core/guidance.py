@@ -1,6 +1,6 @@
 """Critic-guided Euler sampling of a flow policy, with every gradient estimator of QGF.
 
-The sampler (``guided_sample``) follows ``design/ALGORITHM.md``::
+The sampler (``guided_sample``) follows ``docs/ALGORITHM.md``::
 
     a_0 ~ N(0, I)
     for k = 0 .. T-1:   t = k / T

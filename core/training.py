@@ -58,11 +58,12 @@ from core.models import Critic, VelocityField
 
 @dataclass
 class TrainConfig:
-    """Every training hyperparameter (reference values from design/ALGORITHM.md).
+    """Every training hyperparameter (reference values: docs/ALGORITHM.md, "Reference
+    settings").
 
     hidden: 4 x 256 rather than the reference 4 x 512 / 4 x 1024 keeps CPU training to
     ~25 steps/s and shipped checkpoints small, and was enough for guidance to matter on
-    cube-single (design/PLATFORM.md). discount 0.99 is FQL's value, the one measured there.
+    cube-single. discount 0.99 is FQL's value, the one measured there.
     """
 
     env: str = DEFAULT_ENV

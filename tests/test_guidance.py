@@ -1,4 +1,4 @@
-"""The guided sampler against ALGORITHM.md, computed independently in float64.
+"""The guided sampler against docs/ALGORITHM.md, computed independently in float64.
 
 Every estimator's G is recomputed here from its written definition, at the iterate the
 sampler recorded, by autograd through an explicit formula (``torch.func``) and by central
@@ -114,7 +114,7 @@ def v_at(velocity, obs, a, k):
 
 
 def a_hat_of(velocity, obs, a, k):
-    """ALGORITHM.md: a_hat = clip(a_t + (1 - t) v(s, a_t, t), -1, 1)."""
+    """docs/ALGORITHM.md: a_hat = clip(a_t + (1 - t) v(s, a_t, t), -1, 1)."""
     return torch.clamp(a + (1 - k / T) * v_at(velocity, obs, a, k), -1.0, 1.0)
 
 

@@ -1,6 +1,6 @@
 """The Dear PyGui window of ``qgf view``: scene, overlays, plots, controls and status bar.
 
-Threads (see PLATFORM.md for why):
+Threads (docs/ARCHITECTURE.md says why, and how a change travels to the screen):
 
 - main: Dear PyGui. Builds the widgets, runs their callbacks (manual callback management,
   so every callback runs here, between frames), copies the newest scene frame into the raw

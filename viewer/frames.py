@@ -1,7 +1,7 @@
 """MuJoCo rendering on a thread of its own, frames handed to the GUI through a buffer.
 
-MuJoCo's GL context and Dear PyGui's must not share a thread (PLATFORM.md: same-thread use
-crashed with GLX, EGL and OSMesa alike). ``FrameStream`` therefore creates its
+MuJoCo's GL context and Dear PyGui's must not share a thread (same-thread use crashed with
+GLX, EGL and OSMesa alike; docs/ARCHITECTURE.md). ``FrameStream`` therefore creates its
 ``SceneRenderer`` on its own thread and renders there whenever something visible changed:
 the session published a new frame, the camera moved, or a layer or render setting changed.
 Each frame is converted once to float32 RGB (the only pixel type Dear PyGui textures take)
