@@ -49,12 +49,12 @@ from viewer.record import SceneRecorder, default_path
 from viewer.session import FrameSpec, Session, SessionView, branch_rgba
 from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline, save_timeline
 from viewer.timeline_file import default_path as timeline_path
+from viewer.widgets import STATUS_HEIGHT, line_theme, nan_joined, rgb255
 from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
 
 TITLE = "qgf view"
 CONTROLS_WIDTH = 390
 PLOT_HEIGHT = 215
-STATUS_HEIGHT = 22
 LEGEND_HEIGHT = 20
 ERROR_SECONDS = 20.0
 # Weight slider ranges: linear [0, W_LINEAR_MAX]; log10 w in [W_LOG_MIN, W_LOG_MAX].
@@ -118,34 +118,6 @@ class Message:
 
 def _scale_note(k: float) -> str:
     return "" if k == 1.0 else f"paths x{k:.1f} (magnified)"
-
-
-def _nan_joined(x: np.ndarray, ys: np.ndarray) -> list[list[float]]:
-    """``x [K]`` and ``ys [K, N]`` as one polyline of N pieces separated by NaN."""
-    k, n = ys.shape
-    xs = np.full((n, k + 1), np.nan)
-    yy = np.full((n, k + 1), np.nan)
-    xs[:, :k] = x
-    yy[:, :k] = ys.T
-    return [xs.ravel().tolist(), yy.ravel().tolist()]
-
-
-def _rgb255(rgba) -> tuple[int, int, int, int]:
-    r, g, b, a = (float(x) for x in rgba)
-    return (int(255 * r), int(255 * g), int(255 * b), int(255 * max(a, 0.8)))
-
-
-def _line_theme(color, weight: float = 1.5, marker: int | None = None) -> int | str:
-    """A plot-series theme: line colour and weight, optionally a filled marker."""
-    with dpg.theme() as theme, dpg.theme_component(dpg.mvAll):
-        dpg.add_theme_color(dpg.mvPlotCol_Line, color, category=dpg.mvThemeCat_Plots)
-        dpg.add_theme_style(dpg.mvPlotStyleVar_LineWeight, weight, category=dpg.mvThemeCat_Plots)
-        if marker is not None:
-            dpg.add_theme_style(dpg.mvPlotStyleVar_Marker, marker, category=dpg.mvThemeCat_Plots)
-            dpg.add_theme_color(dpg.mvPlotCol_MarkerFill, color, category=dpg.mvThemeCat_Plots)
-            dpg.add_theme_color(dpg.mvPlotCol_MarkerOutline, color, category=dpg.mvThemeCat_Plots)
-            dpg.add_theme_style(dpg.mvPlotStyleVar_MarkerSize, 5, category=dpg.mvThemeCat_Plots)
-    return theme
 
 
 class ViewerApp:
@@ -792,7 +764,7 @@ class ViewerApp:
             dpg.add_text("a_hat at t = 0")
             with dpg.group(horizontal=True, horizontal_spacing=0):
                 for tt in np.linspace(0.0, 1.0, 6):
-                    dpg.add_text("\u25a0", color=_rgb255(time_color(tt)))
+                    dpg.add_text("\u25a0", color=rgb255(time_color(tt)))
             dpg.add_text("1")
             for label, rgba in (
                 ("executed", EXECUTED_RGBA),
@@ -801,7 +773,7 @@ class ViewerApp:
                 ("gripper open", GRIPPER_OPEN_RGBA),
                 ("/ close", GRIPPER_CLOSE_RGBA),
             ):
-                dpg.add_text(label, color=_rgb255(rgba))
+                dpg.add_text(label, color=rgb255(rgba))
             self._tags["scale_note"] = dpg.add_text(
                 _scale_note(DEFAULT_PATH_SCALE), color=(120, 220, 255)
             )
@@ -1030,31 +1002,31 @@ class ViewerApp:
 
     def _series_themes(self) -> None:
         t = self._tags
-        yellow = _rgb255(time_color(1.0))
-        self._theme_guided = _line_theme((yellow[0], yellow[1], yellow[2], 150))
+        yellow = rgb255(time_color(1.0))
+        self._theme_guided = line_theme((yellow[0], yellow[1], yellow[2], 150))
         # Drawn under the guided lines and wider, so a w = 0 curve that the guided one
         # follows still shows as a grey halo.
-        self._theme_unguided = _line_theme((160, 168, 180, 130), 4.0)
-        self._theme_exec = _line_theme((255, 255, 255, 255), 3.0)
-        self._theme_dims = [_line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
-        self._theme_dims_ghost = [_line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
+        self._theme_unguided = line_theme((160, 168, 180, 130), 4.0)
+        self._theme_exec = line_theme((255, 255, 255, 255), 3.0)
+        self._theme_dims = [line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
+        self._theme_dims_ghost = [line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
         dpg.bind_item_theme(t["q_unguided"], self._theme_unguided)
         dpg.bind_item_theme(t["q_guided"], self._theme_guided)
         dpg.bind_item_theme(t["q_exec"], self._theme_exec)
-        off = _rgb255(OFF_MANIFOLD_RGBA)
-        dpg.bind_item_theme(t["q_off"], _line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
-        dpg.bind_item_theme(t["sw_q"], _line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["sw_d"], _line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["sw_thr"], _line_theme(off, 1.0))
-        dpg.bind_item_theme(t["sw_w"], _line_theme((255, 255, 255, 160), 1.0))
+        off = rgb255(OFF_MANIFOLD_RGBA)
+        dpg.bind_item_theme(t["q_off"], line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
+        dpg.bind_item_theme(t["sw_q"], line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["sw_d"], line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["sw_thr"], line_theme(off, 1.0))
+        dpg.bind_item_theme(t["sw_w"], line_theme((255, 255, 255, 160), 1.0))
         for j in range(len(_ACTION_NAMES)):
             dpg.bind_item_theme(t[f"a_u{j}"], self._theme_dims_ghost[j])
             dpg.bind_item_theme(t[f"a_g{j}"], self._theme_dims[j])
-        dpg.bind_item_theme(t["ep_q"], _line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["ep_v"], _line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["ep_r"], _line_theme((200, 120, 255, 255), 1.5))
+        dpg.bind_item_theme(t["ep_q"], line_theme((250, 210, 60, 255), 2.0))
+        dpg.bind_item_theme(t["ep_v"], line_theme((90, 170, 255, 255), 2.0))
+        dpg.bind_item_theme(t["ep_r"], line_theme((200, 120, 255, 255), 1.5))
         dpg.bind_item_theme(
-            t["ep_success"], _line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
+            t["ep_success"], line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
         )
 
     def _build_help(self) -> None:
@@ -1324,10 +1296,10 @@ class ViewerApp:
             i = len(self._branch_series)
             name = "main" if i == 0 else f"#{i}"
             if i not in self._branch_themes:
-                color = _rgb255(branch_rgba(i))
+                color = rgb255(branch_rgba(i))
                 self._branch_themes[i] = (
-                    _line_theme(color, 2.5),
-                    _line_theme((*color[:3], 170), 1.0),
+                    line_theme(color, 2.5),
+                    line_theme((*color[:3], 170), 1.0),
                 )
             q = dpg.add_line_series([], [], label=f"{name} Q", parent=t["br_y"])
             ret = dpg.add_line_series([], [], label=f"{name} return", parent=t["br_y2"])
@@ -1389,8 +1361,8 @@ class ViewerApp:
         steps = g.steps
         k = np.arange(steps + 1, dtype=np.float64)
         q_g, q_u = sample.q_denoise, sample.q_denoise_ghost  # [T+1, N]: Q(a_hat), Q(final)
-        dpg.set_value(t["q_unguided"], _nan_joined(k, q_u))
-        dpg.set_value(t["q_guided"], _nan_joined(k, q_g))
+        dpg.set_value(t["q_unguided"], nan_joined(k, q_u))
+        dpg.set_value(t["q_guided"], nan_joined(k, q_g))
         e = sample.executed
         dpg.set_value(t["q_exec"], [k.tolist(), q_g[:, e].astype(np.float64).tolist()])
         off = sample.off_manifold if sample.off_manifold is not None else np.zeros(0, bool)

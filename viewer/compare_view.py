@@ -36,11 +36,12 @@ from core.compare import ONESTEP, CompareRow, Comparison, compare_estimators
 from core.render import Polyline, scene_rgba
 from core.step import effector_paths, step_noise
 from viewer.frames import SceneLayer
+from viewer.widgets import STATUS_HEIGHT, Host, line_theme, rgb255
 
 if TYPE_CHECKING:
     from core.manifold import DataManifold
-    from viewer.app import ViewerApp
     from viewer.session import FrameSpec, Session, SessionView, Settings, StepRecord
+
 
 # One colour per estimator row, in registry order (cycled for estimators registered later),
 # and one for best-of-N. Apart from the overlay's white (executed), grey (ghost) and red
@@ -252,7 +253,7 @@ class CompareView:
     ``app.on_tick.append(view.tick)``; the app's C key calls ``request``.
     """
 
-    def __init__(self, app: ViewerApp) -> None:
+    def __init__(self, app: Host) -> None:
         self.app = app
         self.result: CompareResult | None = None
         self.show_paths = True
@@ -353,7 +354,7 @@ class CompareView:
         self._publish()
 
     # --- GUI thread -----------------------------------------------------------------------
-    def build(self, app: ViewerApp) -> None:
+    def build(self, app: Host) -> None:
         """The panel in the controls column (an ``app.panels`` entry), and the window."""
         import dearpygui.dearpygui as dpg
 
@@ -431,8 +432,6 @@ class CompareView:
         scene and the controls stay in view (afterwards where the user left it)."""
         import dearpygui.dearpygui as dpg
 
-        from viewer.app import STATUS_HEIGHT
-
         window = self.tags["window"]
         if dpg.is_item_shown(window):
             return
@@ -452,7 +451,7 @@ class CompareView:
         else:
             self._show_window()
 
-    def tick(self, app: ViewerApp) -> None:
+    def tick(self, app: Host) -> None:
         """Every GUI frame: show a new result, clear a stale one, keep the status current."""
         import dearpygui.dearpygui as dpg
 
@@ -494,11 +493,10 @@ class CompareView:
     def _theme(self, rgba) -> int | str:
         # The app's own series themes and colour conversion (imported here: the app imports
         # this module).
-        from viewer.app import _line_theme, _rgb255
 
-        color = _rgb255(rgba)
+        color = rgb255(rgba)
         if color not in self._themes:
-            self._themes[color] = _line_theme(color, 2.0)
+            self._themes[color] = line_theme(color, 2.0)
         return self._themes[color]
 
     def _fill(self, result: CompareResult) -> None:
@@ -519,10 +517,9 @@ class CompareView:
         self.note = f"step {result.index}: {len(c.rows)} rows in {result.seconds:.1f} s"
         dpg.delete_item(t["table"], children_only=True, slot=1)
         self.cell_tags, self.use_tags = {}, {}
-        from viewer.app import _rgb255
 
         for i, row in enumerate(c.rows):
-            color = _rgb255(row_rgba(c, i))
+            color = rgb255(row_rgba(c, i))
             text = cells(row)
             with dpg.table_row(parent=t["table"]):
                 tags = {"mark": dpg.add_text("", color=(255, 255, 255))}

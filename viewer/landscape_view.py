@@ -28,9 +28,9 @@ from core import envs
 from core.landscape import HOLDS, Landscape, SliceSpec, base_action, critic_landscape, project
 from core.render import Polyline
 from viewer.frames import SceneLayer
+from viewer.widgets import Host, line_theme, rgb255
 
 if TYPE_CHECKING:
-    from viewer.app import ViewerApp
     from viewer.session import Session, StepRecord
 
 DIM_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
@@ -146,7 +146,7 @@ class LandscapeView:
     and ``app.on_tick.append(view.tick)``; the app's L key calls ``toggle_window``.
     """
 
-    def __init__(self, app: ViewerApp) -> None:
+    def __init__(self, app: Host) -> None:
         self.app = app
         self.spec = SliceSpec()
         self.heat = HEAT[0]
@@ -224,7 +224,7 @@ class LandscapeView:
         app.command("landscape probe", run)
 
     # --- GUI thread -------------------------------------------------------------------
-    def build(self, app: ViewerApp) -> None:
+    def build(self, app: Host) -> None:
         """The panel in the controls column (an ``app.panels`` entry), and the window."""
         import dearpygui.dearpygui as dpg
 
@@ -358,7 +358,7 @@ class LandscapeView:
             dpg.show_item(window)
             self._drawn = None
 
-    def tick(self, app: ViewerApp) -> None:
+    def tick(self, app: Host) -> None:
         """Every GUI frame: ask for the grid of the shown step when it changed, draw what
         arrived, keep the hover readout and the probe marker current."""
         import dearpygui.dearpygui as dpg
@@ -458,11 +458,10 @@ class LandscapeView:
         dpg.set_value(self.tags["hover"], text)
 
     def _theme(self, rgb: tuple[int, ...], weight: float, marker: int | None = None):
-        from viewer.app import _line_theme
 
         key = (rgb, weight, marker)
         if key not in self._themes:
-            self._themes[key] = _line_theme(rgb, weight, marker)
+            self._themes[key] = line_theme(rgb, weight, marker)
         return self._themes[key]
 
     def _line(self, xs, ys, rgb, weight: float = 1.5) -> None:
@@ -572,8 +571,7 @@ class LandscapeView:
         frame = self.app.frame_spec
         if shown is None or frame is None or frame_key(frame) != shown.key:
             return
-        from viewer.app import _rgb255
 
         for i, row in enumerate(shown.comparison.rows):
             path = project(row.a_hat[:, row.executed], spec, env_dim)
-            self._line(path[:, 0], path[:, 1], _rgb255(row_rgba(shown.comparison, i))[:3], 2.5)
+            self._line(path[:, 0], path[:, 1], rgb255(row_rgba(shown.comparison, i))[:3], 2.5)
