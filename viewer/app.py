@@ -785,62 +785,7 @@ class ViewerApp:
         s = self.session.settings
         t["info"] = dpg.add_text("")
         t["values"] = dpg.add_text("")
-        with dpg.collapsing_header(label="Policy", default_open=True):
-            t["checkpoint"] = dpg.add_text("")
-            with dpg.group(horizontal=True):
-                dpg.add_button(
-                    label="Open checkpoint...",
-                    callback=cb("open dialog", lambda *_: dpg.show_item(t["file_dialog"])),
-                )
-                dpg.add_button(
-                    label="Random weights", callback=cb("random", self.on_random_weights)
-                )
-            names = [n for n in envs.valid_names() if "-play-singletask-task" in n]
-            if s.env_name not in names:
-                names.insert(0, s.env_name)
-            t["env"] = dpg.add_combo(
-                names, default_value=s.env_name, label="task", width=-60,
-                callback=cb("task", self.on_env),
-            )  # fmt: skip
-        with dpg.collapsing_header(label="Guidance", default_open=True):
-            with dpg.group(horizontal=True):
-                t["weight_slider"] = dpg.add_slider_float(
-                    width=200, callback=cb("weight", self.on_weight_slider)
-                )
-                t["weight_input"] = dpg.add_input_float(
-                    label="w", width=110, step=0, format="%.4f", on_enter=True,
-                    callback=cb("weight", self.on_weight_input),
-                )  # fmt: skip
-            self._inputs.append(t["weight_input"])
-            t["log"] = dpg.add_checkbox(
-                label="log scale",
-                default_value=self.log_weight,
-                callback=cb("log", self.on_log_weight),
-            )
-            t["estimator"] = dpg.add_combo(
-                list(ESTIMATORS), default_value=s.estimator, label="estimator", width=-90,
-                callback=cb("estimator", self.on_estimator),
-            )  # fmt: skip
-            t["estimator_doc"] = dpg.add_text(
-                ESTIMATOR_DOCS.get(s.estimator, ""), wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185)
-            )
-            t["steps"] = dpg.add_slider_int(
-                label="steps T", min_value=1, max_value=50, default_value=s.steps, width=-90,
-                callback=cb("steps", self.on_steps),
-            )  # fmt: skip
-            t["candidates"] = dpg.add_slider_int(
-                label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
-                width=-90, callback=cb("candidates", self.on_candidates),
-            )  # fmt: skip
-            t["pick_best"] = dpg.add_checkbox(
-                label="best-of-N (execute the highest-Q candidate)", default_value=s.pick_best,
-                callback=cb("best-of", self.on_pick_best),
-            )  # fmt: skip
-            t["seed"] = dpg.add_input_int(
-                label="seed", default_value=s.seed, width=120, on_enter=True,
-                callback=cb("seed", self.on_seed),
-            )  # fmt: skip
-            self._inputs.append(t["seed"])
+        # Playback first: at 1280x800 the column shows it, guidance and the timeline whole.
         with dpg.collapsing_header(label="Playback", default_open=True):
             with dpg.group(horizontal=True):
                 t["play"] = dpg.add_button(
@@ -890,6 +835,62 @@ class ViewerApp:
                     ["main"], default_value="main", width=-1,
                     callback=cb("switch branch", self.on_branch),
                 )  # fmt: skip
+        with dpg.collapsing_header(label="Guidance", default_open=True):
+            with dpg.group(horizontal=True):
+                t["weight_slider"] = dpg.add_slider_float(
+                    width=200, callback=cb("weight", self.on_weight_slider)
+                )
+                t["weight_input"] = dpg.add_input_float(
+                    label="w", width=110, step=0, format="%.4f", on_enter=True,
+                    callback=cb("weight", self.on_weight_input),
+                )  # fmt: skip
+            self._inputs.append(t["weight_input"])
+            t["log"] = dpg.add_checkbox(
+                label="log scale",
+                default_value=self.log_weight,
+                callback=cb("log", self.on_log_weight),
+            )
+            t["estimator"] = dpg.add_combo(
+                list(ESTIMATORS), default_value=s.estimator, label="estimator", width=-90,
+                callback=cb("estimator", self.on_estimator),
+            )  # fmt: skip
+            t["estimator_doc"] = dpg.add_text(
+                ESTIMATOR_DOCS.get(s.estimator, ""), wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185)
+            )
+            t["steps"] = dpg.add_slider_int(
+                label="steps T", min_value=1, max_value=50, default_value=s.steps, width=-90,
+                callback=cb("steps", self.on_steps),
+            )  # fmt: skip
+            t["candidates"] = dpg.add_slider_int(
+                label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
+                width=-90, callback=cb("candidates", self.on_candidates),
+            )  # fmt: skip
+            t["pick_best"] = dpg.add_checkbox(
+                label="best-of-N (execute the highest-Q candidate)", default_value=s.pick_best,
+                callback=cb("best-of", self.on_pick_best),
+            )  # fmt: skip
+            t["seed"] = dpg.add_input_int(
+                label="seed", default_value=s.seed, width=120, on_enter=True,
+                callback=cb("seed", self.on_seed),
+            )  # fmt: skip
+            self._inputs.append(t["seed"])
+        with dpg.collapsing_header(label="Policy", default_open=True):
+            t["checkpoint"] = dpg.add_text("")
+            with dpg.group(horizontal=True):
+                dpg.add_button(
+                    label="Open checkpoint...",
+                    callback=cb("open dialog", lambda *_: dpg.show_item(t["file_dialog"])),
+                )
+                dpg.add_button(
+                    label="Random weights", callback=cb("random", self.on_random_weights)
+                )
+            names = [n for n in envs.valid_names() if "-play-singletask-task" in n]
+            if s.env_name not in names:
+                names.insert(0, s.env_name)
+            t["env"] = dpg.add_combo(
+                names, default_value=s.env_name, label="task", width=-60,
+                callback=cb("task", self.on_env),
+            )  # fmt: skip
         with dpg.collapsing_header(label="Camera and layers", default_open=False):
             with dpg.group(horizontal=True):
                 for name in ("front", "side", "top", "follow"):
@@ -945,11 +946,11 @@ class ViewerApp:
             legend()
             t["ep_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
             with dpg.plot_axis(dpg.mvYAxis, label="value") as t["ep_y"]:
-                t["ep_q"] = dpg.add_line_series([], [], label="Q(s,a)")
-                t["ep_v"] = dpg.add_line_series([], [], label="V(s)")
+                t["ep_q"] = dpg.add_line_series([], [], label="Q")
+                t["ep_v"] = dpg.add_line_series([], [], label="V")
                 t["ep_r"] = dpg.add_line_series([], [], label="reward")
                 t["ep_success"] = dpg.add_scatter_series([], [], label="success")
-                t["ep_shown"] = dpg.add_inf_line_series([], label="shown step")
+                t["ep_shown"] = dpg.add_inf_line_series([], label="shown")
         with dpg.plot(label="Q(s, a_hat) along denoising", height=PLOT_HEIGHT, width=300) as (
             t["plot_q"]
         ):
