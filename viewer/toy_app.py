@@ -470,7 +470,7 @@ class ToyApp:
         p["traj"] = plot
         with dpg.plot(height=int(height * 0.30), width=width, no_menus=True) as dplot:
             p["dx"] = dpg.add_plot_axis(dpg.mvXAxis, label="a")
-            p["dy"] = dpg.add_plot_axis(dpg.mvYAxis, no_tick_labels=True)
+            p["dy"] = dpg.add_plot_axis(dpg.mvYAxis, label="density")
             dpg.set_axis_limits(p["dx"], -1.2, 1.2)
             p["hist"] = dpg.add_bar_series([], [], parent=p["dy"])
             p["pdf"] = dpg.add_line_series([], [], parent=p["dy"])
@@ -805,15 +805,23 @@ class ToyApp:
         """Everything that moves with the displayed step k."""
         k = self.step
         t = view.times[k]
+        tops = []
         for name, run in view.runs.items():
             p = self._panels[name]
             if view.problem.dim == 1:
                 _set(p["step_line"], [float(t)])
-                self._draw_1d_density(view, run, p, k)
+                tops.append(self._draw_1d_density(view, run, p, k))
             else:
                 self._draw_2d_step(view, run, p, k)
+        # One density scale for every panel, so their histograms compare at a glance.
+        top = max(tops, default=0.0)
+        for name in view.runs:
+            if view.problem.dim == 1 and top > 0:
+                dpg.set_axis_limits(self._panels[name]["dy"], 0.0, 1.1 * top)
 
-    def _draw_1d_density(self, view: ToyView, run, p: dict, k: int) -> None:
+    def _draw_1d_density(self, view: ToyView, run, p: dict, k: int) -> float:
+        """The particles' histogram and the unguided p_t at step k; returns the highest
+        density drawn (the caller sets one scale for every panel)."""
         lo, hi = -1.2, 1.2
         bins = 60
         counts, edges = np.histogram(run.a_t[k, :, 0], bins=bins, range=(lo, hi))
@@ -824,8 +832,7 @@ class ToyApp:
         dpg.configure_item(p["hist"], weight=width)
         _set(p["pdf"], view.density_grid, view.density[k])
         _set(p["dpath"], [float(np.interp(view.times[k], view.background_times, view.star_path))])
-        top = max(float(dens.max()), float(view.density[k][np.abs(view.density_grid) <= hi].max()))
-        dpg.set_axis_limits(p["dy"], 0.0, 1.1 * top)
+        return max(float(dens.max()), float(view.density[k][np.abs(view.density_grid) <= hi].max()))
 
     def _draw_2d_step(self, view: ToyView, run, p: dict, k: int) -> None:
         if self.background == "density":
