@@ -446,7 +446,10 @@ def figure_distance(report: DiagnoseReport) -> Figure:
         parts = ax.boxplot(
             [getattr(r, key) for r in rows],
             patch_artist=True,
-            showfliers=False,
+            # Every point beyond the whiskers is drawn: the ones far off the data are the
+            # point of this figure.
+            showfliers=True,
+            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
             medianprops={"color": "black"},
         )
         for patch, r in zip(parts["boxes"], rows, strict=True):
@@ -474,7 +477,8 @@ def figure_distance(report: DiagnoseReport) -> Figure:
         frac = report.result(name).summary()["off_manifold_fraction"]
         ax_d.text(i + 1, top, f"{100 * frac:.0f}%", ha="center", va="bottom", fontsize=8)
     ax_d.set_title("distance to data (% above threshold on top)", fontsize=10, pad=14)
-    ax_d.legend(fontsize=8, loc="upper left")
+    # Beside the plot, not over the whiskers.
+    ax_d.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
