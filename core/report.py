@@ -363,12 +363,15 @@ def figure_noise_sensitivity(report: DiagnoseReport) -> Figure:
         k = np.arange(len(r.noise_sensitivity))
         mean, half = r.noise_sensitivity, r.noise_sensitivity_ci
         ax.plot(k, mean, "o-", color=colours[r.name], label=r.name)
-        ax.fill_between(k, mean - half, mean + half, color=colours[r.name], alpha=0.2)
+        # A cosine lies in [-1, 1]: the normal-approximation band is cut to that range.
+        lo, hi = np.clip(mean - half, -1.0, 1.0), np.clip(mean + half, -1.0, 1.0)
+        ax.fill_between(k, lo, hi, color=colours[r.name], alpha=0.2)
     ax.set_xlabel("denoising step k (t = k / T)")
     ax.set_ylabel("cos(G(s, a_t), G(s, a_t + eps)), mean (95% CI)")
     low = min(float(np.min(r.noise_sensitivity - r.noise_sensitivity_ci)) for r in shown)
-    # Cosines of a trained critic's gradients sit close to 1; zoom to them.
-    ax.set_ylim(low - 0.1 * (1.0 - low) - 1e-3, 1.0 + 0.1 * (1.0 - low) + 1e-3)
+    low = max(low, -1.0)
+    # Cosines of a trained critic's gradients sit close to 1; zoom to them, bands whole.
+    ax.set_ylim(low - 0.05 * (1.0 - low) - 1e-3, 1.0 + 0.05 * (1.0 - low) + 1e-3)
     ax.axhline(1.0, color="0.6", lw=0.8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
