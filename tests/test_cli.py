@@ -40,3 +40,13 @@ def test_error_lines() -> None:
         "no such file or directory: /x"
     )
     assert error_line(TypeError("oops")) == "TypeError: oops"
+
+
+def test_view_takes_an_agent_to_import_past_the_checkpoint_check(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Path(__file__).parent / "fixtures" / "reference" / "qgf_single" / "params_5.pkl"
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert main(["view", str(agent)]) == 2  # no display: it stops there, not at the path
+    err = capsys.readouterr().err
+    assert "no display" in err and "no checkpoint" not in err

@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
         for note in timeline.notes:
             print(f"qgf view: note: {note}", file=sys.stderr)
     if args.checkpoint and not args.open:
+        from core.agent_import import is_agent_source
         from core.checkpoints import read_config
 
-        read_config(args.checkpoint, verify=False)  # a wrong path fails before any window
+        # A wrong path fails before any window; an agent to import is checked by the import.
+        if not is_agent_source(args.checkpoint):
+            read_config(args.checkpoint, verify=False)
     if not os.environ.get("DISPLAY"):
         if args.frames is None:
             print(
