@@ -76,7 +76,8 @@ def _networks(checkpoint: str | None, device: str):
 
 def _render_encode(recording, frames: int, out: Path) -> tuple[float, float]:
     """Rendering every panel (no overlay), tiling and encoding: (frames/s, CPU s per frame)."""
-    from core.video import VideoWriter, tile
+    from core.captions import tile
+    from core.video import VideoWriter
 
     s = recording.settings
     panels = [r.image[: s.height].copy() for r in recording.runs]

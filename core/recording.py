@@ -43,6 +43,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.captions import (
+    DONE_COLOR,
+    SUCCESS_COLOR,
+    CaptionFields,
+    caption_height,
+    caption_strip,
+    draw_border,
+    tile,
+)
 from core.envs import (
     make_env,
     parse_name,
@@ -57,18 +66,7 @@ from core.render import (
     SceneRenderer,
 )
 from core.step import StepSettings, effector_paths, sample_step, step_noise
-from core.video import (
-    DEFAULT_CRF,
-    DEFAULT_PRESET,
-    DONE_COLOR,
-    SUCCESS_COLOR,
-    CaptionFields,
-    VideoWriter,
-    caption_height,
-    caption_strip,
-    draw_border,
-    tile,
-)
+from core.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
 
 OffManifoldFn = Callable[[Tensor, Tensor], Tensor]
 """``(obs [B, O], actions [B, A]) -> [B]`` bool, e.g. ``DataManifold.off_manifold``."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core import recording as rec
+from core.captions import DONE_COLOR, caption_height
 from core.cli import main as qgf
 from core.recording import (
     Recording,
@@ -17,7 +18,7 @@ from core.recording import (
     parse_layers,
     record,
 )
-from core.video import DONE_COLOR, VideoWriter, caption_height
+from core.video import VideoWriter
 
 ENV = "cube-single-play-singletask-task2-v0"
 W, H = 64, 48  # one panel's scene: tiny, the tests are about frames, not looks

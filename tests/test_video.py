@@ -10,20 +10,18 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from core.video import (
+from core.captions import (
     DONE_COLOR,
     SUCCESS_COLOR,
     CaptionFields,
-    Recorder,
-    VideoPathError,
-    VideoWriter,
     caption_height,
     caption_strip,
     grid_shape,
-    partial_path,
     tile,
     with_caption,
 )
+from core.video import VideoPathError, VideoWriter, partial_path
+from viewer.record import Recorder  # the viewer's start/stop recorder over VideoWriter
 
 
 def frame(i: int, h: int = 48, w: int = 64) -> np.ndarray:

@@ -11,8 +11,9 @@ import imageio.v3 as iio  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from core.captions import caption_height  # noqa: E402
 from core.render import RenderSettings  # noqa: E402
-from core.video import VideoPathError, caption_height  # noqa: E402
+from core.video import VideoPathError  # noqa: E402
 from viewer.record import SceneRecorder, caption_fields, default_path  # noqa: E402
 from viewer.session import Session, Settings  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 ``SceneRecorder`` hooks ``FrameStream.frame_hooks`` only while recording, so it costs nothing
 on the render thread otherwise. The hook receives the uint8 frame the scene texture is made
-from (overlays included, before the float conversion) and hands it to ``core.video.Recorder``,
+from (overlays included, before the float conversion) and hands it to ``Recorder``,
 which writes it to an MP4 (H.264) or GIF file atomically, with the caption strip below when
 asked. Frames are recorded as they are rendered: the scene renders when something visible
 changes, so a paused, untouched view adds no frames.
@@ -10,6 +10,7 @@ changes, so a paused, untouched view adds no frames.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.video import VIDEO_FORMATS, CaptionFields, Recorder
+from core.captions import CaptionFields, with_caption
+from core.video import DEFAULT_CRF, DEFAULT_PRESET, VIDEO_FORMATS, VideoWriter
 from viewer.frames import FrameStream
 from viewer.session import FrameSpec
 
@@ -134,3 +136,102 @@ class SceneRecorder:
                 traceback.print_exc()
             if self.on_error is not None:
                 self.on_error(self.failed)
+
+
+class Recorder:
+    """Record frames as they are shown, with start and stop driven by a GUI.
+
+    The viewer's record button uses it::
+
+        rec = Recorder()
+        rec.start("run.mp4", fps=20, caption=True)   # checks the path now (VideoPathError)
+        ...
+        rec.add_frame(rgb, CaptionFields(env, "qgf", 0.03, step, q, success))  # per shown frame
+        ...
+        path = rec.stop()          # the finished file; rec.last_path keeps it for the status bar
+
+    ``is_recording`` drives the red indicator. ``add_frame`` may be called from the render
+    thread while ``stop``/``abort`` come from the GUI thread: a lock orders them, and a frame
+    that arrives after ``stop`` is ignored. ``abort()`` (e.g. from an error handler) follows
+    ``VideoWriter``'s interruption policy. Frames are ``[H, W, 3]`` uint8 RGB, exactly what the
+    scene view shows; with ``caption=True`` the strip is appended below each frame.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writer: VideoWriter | None = None
+        self._caption = True
+        self._started = 0.0
+        self.last_path: Path | None = None
+
+    @property
+    def is_recording(self) -> bool:
+        return self._writer is not None
+
+    @property
+    def path(self) -> Path | None:
+        """The file being recorded (final name), or None."""
+        writer = self._writer
+        return writer.path if writer is not None else None
+
+    @property
+    def frames(self) -> int:
+        writer = self._writer
+        return writer.frames if writer is not None else 0
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since ``start`` (0 when not recording)."""
+        return time.perf_counter() - self._started if self._writer is not None else 0.0
+
+    def start(
+        self,
+        path: str | os.PathLike[str],
+        fps: float = 20.0,
+        caption: bool = True,
+        *,
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+    ) -> Path:
+        """Begin recording to ``path`` (``.mp4`` or ``.gif``); returns its absolute path.
+
+        Raises:
+            RuntimeError: already recording.
+            VideoPathError: bad path or option (nothing is started).
+        """
+        with self._lock:
+            if self._writer is not None:
+                raise RuntimeError(f"already recording to {str(self._writer.path)!r}")
+            self._writer = VideoWriter(path, fps, crf=crf, preset=preset)
+            self._caption = caption
+            self._started = time.perf_counter()
+            return self._writer.path
+
+    def add_frame(self, rgb: np.ndarray, caption: CaptionFields | None = None) -> None:
+        """Append the frame shown now, ``[H, W, 3]`` uint8; ``caption`` needed when captioning."""
+        with self._lock:
+            if self._writer is None:
+                return
+            if self._caption:
+                if caption is None:
+                    raise ValueError("recording with caption=True needs caption fields per frame")
+                rgb = with_caption(rgb, caption)
+            self._writer.write(rgb)
+
+    def stop(self) -> Path:
+        """Finish the file; returns its path (also in ``last_path``)."""
+        with self._lock:
+            if self._writer is None:
+                raise RuntimeError("not recording")
+            writer, self._writer = self._writer, None
+            self.last_path = writer.close()
+            return self.last_path
+
+    def abort(self) -> Path | None:
+        """Stop without completing: returns the ``.partial`` file kept, if any."""
+        with self._lock:
+            if self._writer is None:
+                return None
+            writer, self._writer = self._writer, None
+            self.last_path = writer.abort()
+            return self.last_path
