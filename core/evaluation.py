@@ -331,6 +331,9 @@ def plot_sweep(result: EvalResult, path: str | os.PathLike) -> Path:
         )
     for ax, label in ((ax_s, "success rate (%)"), (ax_r, "return")):
         ax.set_xscale("symlog", linthresh=linthresh)
+        # A tick at every weight evaluated (symlog's own ticks may label only one of two).
+        weights = sorted(set(result.weights))
+        ax.set_xticks(weights, [f"{w:g}" for w in weights])
         ax.set_xlabel("guidance weight w")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
