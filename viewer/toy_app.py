@@ -322,7 +322,9 @@ class ToyApp:
             self.ids["wrong_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="t")
             self.ids["wrong_y"] = dpg.add_plot_axis(dpg.mvYAxis)
             dpg.set_axis_limits(self.ids["wrong_x"], 0.0, 1.0)
-            dpg.set_axis_limits(self.ids["wrong_y"], 0.0, 1.0)
+            # A little below 0, so a curve at 0 (bptt with the exact critic: its G is the
+            # true direction) is drawn rather than hidden under the axis.
+            dpg.set_axis_limits(self.ids["wrong_y"], -0.04, 1.0)
         self.ids["wrong_plot"] = plot
         self.ids["wrong_series"] = {}
         self.ids["legend_text"] = dpg.add_text("", wrap=_CONTROLS_WIDTH - 20, color=(170, 170, 170))
