@@ -26,7 +26,8 @@ Layout of one row (every field needed to re-plot)::
     off_manifold_share, off_manifold_actions, actions, manifold_threshold
     nonfinite_rows                                   sampled rows with NaN/inf guidance
     ms_per_action                                    batched sampling time / chunks sampled
-    wall_s, device, node, code_version, finished
+    wall_s, cpu_s                                    the cell's wall and CPU time (worker)
+    device, node, pid, code_version, finished        where and when it ran
     success_per_episode, return_per_episode, length_per_episode
 """
 
@@ -342,7 +343,7 @@ def run_cell(payload: CheckpointPayload, cell: Cell, settings: CellSettings) -> 
     from core.envs import make_env, reset
     from core.evaluation import run_episodes, summarize
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     device = _cell_device()
     config = payload.config
     policy, critic = payload.policy.to(device), payload.critic.to(device)
@@ -404,8 +405,10 @@ def run_cell(payload: CheckpointPayload, cell: Cell, settings: CellSettings) -> 
         "nonfinite_rows": ep.nonfinite_steps,
         "ms_per_action": 1000 * ep.policy_time_s / ep.actions if ep.actions else 0.0,
         "wall_s": round(time.perf_counter() - started, 3),
+        "cpu_s": round(time.process_time() - cpu_started, 3),
         "device": device,
         "node": _node_id(),
+        "pid": os.getpid(),
         "code_version": settings.code_version,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "success_per_episode": point.success_per_episode,
@@ -452,6 +455,8 @@ class SweepOutcome:
             is the full traceback.
         interrupted: the run stopped early (Ctrl-C); unfinished cells run next time.
         wall_s: the run's wall time.
+        tasks_s: from submitting the first task to the last result (without loading the
+            checkpoints and starting the cluster); 0 when nothing ran.
     """
 
     cells: list[Cell]
@@ -460,6 +465,7 @@ class SweepOutcome:
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
+    tasks_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -586,15 +592,20 @@ def run_sweep(
         return outcome
 
     connect(spec.address, spec.cpus)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
     gpus = spec.gpus_per_cell
     if gpus is None:
-        gpus = DEFAULT_GPUS_PER_CELL if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = DEFAULT_GPUS_PER_CELL if cluster_gpus > 0 else 0.0
+    elif gpus > 0 and cluster_gpus == 0:
+        # Ray would wait forever for a GPU that no node has.
+        raise SweepError(f"gpus_per_cell is {gpus:g} but the Ray cluster has no GPUs")
     task = ray.remote(cell_fn).options(
         num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False
     )
     settings = CellSettings(
         spec.episodes, spec.envs, spec.max_episode_steps, spec.env, code_version()
     )
+    submitted = time.perf_counter()
     refs = {p.label: ray.put(p) for p in payloads}
     pending = {task.remote(refs[c.checkpoint], c, settings): c for c in todo}
     episodes_total = len(cells) * spec.episodes
@@ -634,6 +645,7 @@ def run_sweep(
             ray.cancel(ref, force=True)
     finally:
         bar.close()
+    outcome.tasks_s = time.perf_counter() - submitted
     _write_errors(out, outcome.failed)
     outcome.wall_s = time.perf_counter() - started
     return outcome
