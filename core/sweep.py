@@ -40,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -288,6 +289,21 @@ class CellSettings:
     code_version: str
 
 
+def checkpoint_label(path: str | os.PathLike):
+    """``(label, config)`` of a checkpoint: ``<directory name>-<sha8 of its weights>``.
+
+    Raises:
+        SweepError: the checkpoint is missing or invalid (``CheckpointError``'s message).
+    """
+    from core.checkpoints import WEIGHTS_FILE, CheckpointError, read_config
+
+    try:
+        config = read_config(path)
+    except CheckpointError as e:
+        raise SweepError(str(e)) from None
+    return f"{Path(path).resolve().name}-{config.files[WEIGHTS_FILE][:8]}", config
+
+
 def load_payload(path: str | os.PathLike) -> CheckpointPayload:
     """Load and validate a checkpoint and fit its data manifold.
 
@@ -297,13 +313,13 @@ def load_payload(path: str | os.PathLike) -> CheckpointPayload:
     from core.checkpoints import WEIGHTS_FILE, CheckpointError, load_checkpoint
     from core.manifold import DataManifold
 
+    label, _ = checkpoint_label(path)
     try:
         policy, critic, config = load_checkpoint(path, "cpu")
         manifold = DataManifold.from_checkpoint(path)
     except CheckpointError as e:
         raise SweepError(str(e)) from None
     sha = config.files[WEIGHTS_FILE]
-    label = f"{Path(path).resolve().name}-{sha[:8]}"
     return CheckpointPayload(label, str(path), sha, policy, critic, config, manifold)
 
 
@@ -569,27 +585,30 @@ def run_sweep(
     started = time.perf_counter()
     out = Path(spec.out)
     _check_settings(out, spec)
-    payloads = [load_payload(p) for p in spec.checkpoints]
-    labels = [p.label for p in payloads]
-    if len(set(labels)) != len(labels):
+    checkpoints = dict(checkpoint_label(p) for p in spec.checkpoints)
+    if len(checkpoints) != len(spec.checkpoints):
         raise SweepError("the same checkpoint is listed twice")
     if spec.env is not None:
-        _check_env(spec.env, payloads)
+        _check_env(spec.env, list(checkpoints.values()))
     cells = [
-        Cell(p.label, est, w, seed)
-        for p in payloads
+        Cell(label, est, w, seed)
+        for label in checkpoints
         for est in spec.estimators
         for w in spec.weights
         for seed in spec.seeds
     ]
     outcome = SweepOutcome(cells)
     outcome.skipped = [c for c in cells if c.path(out).exists()]
-    todo = [c for c in cells if not c.path(out).exists()]
+    todo = deque(c for c in cells if not c.path(out).exists())
     out.mkdir(parents=True, exist_ok=True)
-    _record_settings(out, spec, labels)
+    _record_settings(out, spec, list(checkpoints))
     if not todo:
         outcome.wall_s = time.perf_counter() - started
         return outcome
+    payloads = {}
+    for path, label in zip(spec.checkpoints, checkpoints, strict=True):
+        if any(c.checkpoint == label for c in todo):
+            payloads[label] = load_payload(path)
 
     connect(spec.address, spec.cpus)
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -605,9 +624,18 @@ def run_sweep(
     settings = CellSettings(
         spec.episodes, spec.envs, spec.max_episode_steps, spec.env, code_version()
     )
+    # Tasks in flight: enough to keep every CPU busy while results come back, few enough
+    # that waiting on them stays cheap with 10^5 cells.
+    window = 2 * int(ray.cluster_resources().get("CPU", 1)) + 16
     submitted = time.perf_counter()
-    refs = {p.label: ray.put(p) for p in payloads}
-    pending = {task.remote(refs[c.checkpoint], c, settings): c for c in todo}
+    refs = {label: ray.put(p) for label, p in payloads.items()}
+    pending: dict[Any, Cell] = {}
+
+    def submit() -> None:
+        while todo and len(pending) < window:
+            cell = todo.popleft()
+            pending[task.remote(refs[cell.checkpoint], cell, settings)] = cell
+
     episodes_total = len(cells) * spec.episodes
     episodes_done = len(outcome.skipped) * spec.episodes
     bar = tqdm(
@@ -620,6 +648,7 @@ def run_sweep(
     )
     bar.set_postfix(episodes=f"{episodes_done}/{episodes_total}", failed=0)
     try:
+        submit()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -639,6 +668,7 @@ def run_sweep(
                 bar.set_postfix(
                     episodes=f"{episodes_done}/{episodes_total}", failed=len(outcome.failed)
                 )
+            submit()
     except KeyboardInterrupt:
         outcome.interrupted = True
         for ref in pending:
@@ -651,7 +681,7 @@ def run_sweep(
     return outcome
 
 
-def _check_env(env: str, payloads: Sequence[CheckpointPayload]) -> None:
+def _check_env(env: str, configs: Sequence[Any]) -> None:
     from core.checkpoints import CheckpointError, check_env_dims
     from core.envs import make_env, reset
 
@@ -661,8 +691,8 @@ def _check_env(env: str, payloads: Sequence[CheckpointPayload]) -> None:
         raise SweepError(str(e).splitlines()[0]) from None
     try:
         ob, _ = reset(made, 0)
-        for p in payloads:
-            check_env_dims(p.config, len(ob), int(np.prod(made.action_space.shape)), env)
+        for config in configs:
+            check_env_dims(config, len(ob), int(np.prod(made.action_space.shape)), env)
     except CheckpointError as e:
         raise SweepError(str(e)) from None
     finally:

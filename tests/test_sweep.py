@@ -102,6 +102,15 @@ def test_cli_bad_toml_field_exits_2(capsys, tmp_path):
     ]
 
 
+def test_cli_options_override_the_toml(capsys, tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'checkpoints = ["{CHECKPOINT}"]\nestimators = ["qgf"]\nweights = [0]\n')
+    rc, err = _cli(capsys, str(spec), "--estimators", "nope", "--weights", "1,-2")
+    assert rc == 2 and err == ["qgf sweep: error: --weights: weights must be >= 0, got '-2'"]
+    rc, err = _cli(capsys, str(spec), "--estimators", "qgf,nope")
+    assert rc == 2 and "unknown estimator 'nope'" in err[0]
+
+
 # ----------------------------------------------------------------------------- report
 
 
