@@ -304,12 +304,18 @@ def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
         "--max-episode-steps", "40", "--out", str(out), "--address", address, "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(f"{CELLS_DIR}/*/*/*.jsonl")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(f"{CELLS_DIR}/*/*/*.jsonl")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "qgf sweep ended before any cell was done"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     first = {p: p.stat().st_mtime_ns for p in out.glob(f"{CELLS_DIR}/*/*/*.jsonl")}
     assert 1 <= len(first) < 8
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
