@@ -23,7 +23,7 @@ Layout of one row (every field needed to re-plot)::
     env, estimator, weight, seed, episodes, num_envs, max_episode_steps, flow_steps, horizon
     successes, success_rate, success_ci [lo, hi]     Wilson 95%
     return_mean, return_ci [lo, hi], length_mean
-    off_manifold_share, off_manifold_actions, actions, manifold_threshold
+    off_manifold_share, off_manifold_actions, actions, manifold_threshold  (null: no sample)
     nonfinite_rows                                   sampled rows with NaN/inf guidance
     ms_per_action                                    batched sampling time / chunks sampled
     wall_s, cpu_s                                    the cell's wall and CPU time (worker)
@@ -266,7 +266,8 @@ class CheckpointPayload:
         sha256: sha256 of ``weights.safetensors``, as recorded in and checked against
             ``config.json``.
         policy, critic, config: as ``load_checkpoint`` returns them (CPU).
-        manifold: fitted on the checkpoint's dataset sample (CPU).
+        manifold: fitted on the checkpoint's dataset sample (CPU); None when the
+            checkpoint has none (rows then say null for the off-manifold fields).
     """
 
     label: str
@@ -310,13 +311,16 @@ def load_payload(path: str | os.PathLike) -> CheckpointPayload:
     Raises:
         SweepError: the checkpoint is missing or invalid (``CheckpointError``'s message).
     """
-    from core.checkpoints import WEIGHTS_FILE, CheckpointError, load_checkpoint
+    from core.checkpoints import WEIGHTS_FILE, CheckpointError, NoDatasetSample, load_checkpoint
     from core.manifold import DataManifold
 
     label, _ = checkpoint_label(path)
     try:
         policy, critic, config = load_checkpoint(path, "cpu")
-        manifold = DataManifold.from_checkpoint(path)
+        try:
+            manifold = DataManifold.from_checkpoint(path)
+        except NoDatasetSample:  # an agent imported without its data: no distances
+            manifold = None
     except CheckpointError as e:
         raise SweepError(str(e)) from None
     sha = config.files[WEIGHTS_FILE]
@@ -363,7 +367,7 @@ def run_cell(payload: CheckpointPayload, cell: Cell, settings: CellSettings) -> 
     device = _cell_device()
     config = payload.config
     policy, critic = payload.policy.to(device), payload.critic.to(device)
-    manifold = payload.manifold.to(device)
+    manifold = payload.manifold.to(device) if payload.manifold is not None else None
     env_name = settings.env or config.env
     kwargs = {}
     if settings.max_episode_steps is not None:
@@ -414,10 +418,12 @@ def run_cell(payload: CheckpointPayload, cell: Cell, settings: CellSettings) -> 
         "return_mean": point.return_mean,
         "return_ci": list(point.return_ci),
         "length_mean": point.length_mean,
-        "off_manifold_share": ep.off_manifold_actions / ep.actions if ep.actions else 0.0,
-        "off_manifold_actions": ep.off_manifold_actions,
+        "off_manifold_share": (
+            None if manifold is None else ep.off_manifold_actions / max(ep.actions, 1)
+        ),
+        "off_manifold_actions": None if manifold is None else ep.off_manifold_actions,
         "actions": ep.actions,
-        "manifold_threshold": payload.manifold.threshold,
+        "manifold_threshold": None if manifold is None else manifold.threshold,
         "nonfinite_rows": ep.nonfinite_steps,
         "ms_per_action": 1000 * ep.policy_time_s / ep.actions if ep.actions else 0.0,
         "wall_s": round(time.perf_counter() - started, 3),
@@ -752,9 +758,9 @@ def aggregate(rows: Iterable[Mapping[str, Any]]):
             )
             points.append(summarize(est, w, ep))
             actions = sum(b["actions"] for b in blocks)
+            off = [b["off_manifold_actions"] for b in blocks]
             extras[(est, w)] = {
-                "off_manifold_share": sum(b["off_manifold_actions"] for b in blocks)
-                / max(actions, 1),
+                "off_manifold_share": None if None in off else sum(off) / max(actions, 1),
                 "ms_per_action": sum(b["ms_per_action"] * b["actions"] for b in blocks)
                 / max(actions, 1),
                 "seeds": sorted(b["seed"] for b in blocks),
@@ -812,11 +818,12 @@ def write_report(out: str | os.PathLike) -> list[Path]:
         ]
         for p in result.points:
             x = extras[(p.estimator, p.weight)]
+            off = x["off_manifold_share"]
             lo, hi = p.success_ci
             md.append(
                 f"| {p.estimator} | {p.weight:g} | {p.episodes} | {100 * p.success_rate:.0f}% "
                 f"| [{100 * lo:.0f}, {100 * hi:.0f}] | {p.return_mean:.1f} "
-                f"| {100 * x['off_manifold_share']:.1f}% | {p.nonfinite_steps} "
+                f"| {'n/a' if off is None else f'{100 * off:.1f}%'} | {p.nonfinite_steps} "
                 f"| {x['ms_per_action']:.1f} |"
             )
         md.append("")

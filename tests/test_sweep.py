@@ -336,3 +336,31 @@ def test_settings_of_an_output_directory_are_fixed(cluster, tmp_path):
     more = run_sweep(tiny_spec(tmp_path, weights=(0.0, 0.1)), progress=False)
     assert len(more.skipped) == 1 and len(more.done) == 1
     assert np.isfinite([r["return_mean"] for r in read_rows(tmp_path)]).all()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_dataset_sample_runs_without_distances(tmp_path):
+    """An agent imported without its data: the cell runs, off-manifold fields are null."""
+    import torch
+
+    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from core.sweep import CellSettings, load_payload
+
+    torch.manual_seed(0)
+    config = CheckpointConfig(
+        env="cube-single-play-singletask-task2-v0", dataset="cube-single-play-v0", task=2,
+        obs_dim=28, action_dim=5, horizon=1, hidden=[16, 16], layer_norm=True, time_dim=16,
+        q_ensemble=2, flow_steps=2, training_steps=0, data_fingerprint={},
+    )  # fmt: skip
+    critic = config.build_critic()
+    empty = DatasetSample(np.zeros((0, 28), np.float32), np.zeros((0, 5), np.float32))
+    save_checkpoint(tmp_path / "ck", config, config.build_policy(), critic, critic, empty)
+    payload = load_payload(tmp_path / "ck")
+    assert payload.manifold is None and payload.label.startswith("ck-")
+    cell = Cell(payload.label, "qgf", 0.1, 0)
+    row = run_cell(payload, cell, CellSettings(1, 1, 2, None, "test"))
+    assert row["off_manifold_share"] is None and row["manifold_threshold"] is None
+    assert row["actions"] == 2 and row["episodes"] == 1
+    write_text_atomic(cell.path(tmp_path / "out"), json.dumps(row))
+    report = write_report(tmp_path / "out")[-1].read_text()
+    assert "| qgf | 0.1 | 1 | 0% |" in report and "| n/a |" in report
