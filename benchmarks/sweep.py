@@ -13,6 +13,12 @@ second count from the first task's submission to the last result; the ratio of 2
 median of each. CPU seconds per cell (the worker's process time) against wall seconds per
 cell show how much of a cell was spent waiting for a core.
 
+The ceiling: before each pair of runs, one and then two processes spin a pure-Python loop
+for ``--spin`` seconds, and the ratio of their total iterations says how much a second
+process can add on this machine at that moment. On a machine whose cores other jobs keep
+busy, that is well below 2, and no scheduler can beat it; the sweep's ratio is to be read
+against it.
+
 The multi-node run builds a cluster on this machine with ``ray.cluster_utils.Cluster``: a
 head with no CPUs (it schedules nothing) and ``--nodes`` worker nodes of 1 CPU each, joins
 it by address as ``qgf sweep --address`` does, and counts the cells each node ran (every
@@ -24,6 +30,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -42,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episode-steps", type=int, default=25, help="steps per episode")
     parser.add_argument("--nodes", type=int, default=2, help="worker nodes of the multi-node run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating 1/2-worker pairs")
+    parser.add_argument("--spin", type=float, default=3.0, help="seconds of the ceiling test")
     parser.add_argument(
         "--quick", action="store_true", help="one round of 6 cells of 10-step episodes"
     )
@@ -83,6 +92,31 @@ def _local(args: argparse.Namespace, workers: int, tmp: Path) -> dict:
     }
 
 
+_SPIN = (
+    "import time\n"
+    "end, n = time.perf_counter() + {seconds}, 0\n"
+    "while time.perf_counter() < end:\n"
+    "    for _ in range(10000):\n"
+    "        n += 1\n"
+    "print(n)\n"
+)
+
+
+def _ceiling(seconds: float) -> float:
+    """Total loop iterations of 2 spinning processes over those of 1 (ideally 2)."""
+    code = _SPIN.format(seconds=seconds)
+
+    def spin(count: int) -> int:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+            for _ in range(count)
+        ]
+        return sum(int(p.communicate()[0]) for p in procs)
+
+    one = spin(1)
+    return spin(2) / one
+
+
 def _multi_node(args: argparse.Namespace, tmp: Path) -> tuple[Counter, float]:
     import ray
     from ray.cluster_utils import Cluster
@@ -106,12 +140,13 @@ def _multi_node(args: argparse.Namespace, tmp: Path) -> tuple[Counter, float]:
 
 def run(args: argparse.Namespace) -> int:
     if args.quick:
-        args.cells, args.max_episode_steps, args.rounds = 6, 10, 1
+        args.cells, args.max_episode_steps, args.rounds, args.spin = 6, 10, 1, 1.0
     started = time.perf_counter()
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    loads = []
+    loads, ceilings = [], []
     with tempfile.TemporaryDirectory(prefix="qgf-bench-sweep-") as name:
         for i in range(args.rounds):
+            ceilings.append(_ceiling(args.spin))
             for workers in (1, 2):
                 tmp = Path(name) / f"{workers}-{i}"
                 runs[workers].append(_local(args, workers, tmp))
@@ -135,8 +170,14 @@ def run(args: argparse.Namespace) -> int:
         each = ", ".join(f"{r['rate']:.2f}" for r in rs)
         print(f"{workers:<9}{rate:>9.2f}{rate / rate1:>7.2f}{wall:>13.2f}{cpu:>12.2f}   {each}")
     ratio = statistics.median(r["rate"] for r in runs[2]) / rate1
+    ceiling = statistics.median(ceilings)
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     print(f"2 workers / 1 worker: {ratio:.2f}x ({verdict} the {TARGET_RATIO}x target)")
+    print(
+        f"machine ceiling, 2 spinning processes / 1: {ceiling:.2f}x "
+        f"(per round: {', '.join(f'{c:.2f}' for c in ceilings)}); "
+        f"sweep scaling / ceiling: {ratio / ceiling:.2f}"
+    )
     print(
         f"multi-node (ray.cluster_utils.Cluster: head with 0 CPUs + {args.nodes} nodes of "
         f"1 CPU): {sum(nodes.values())} cells in {nodes_s:.1f} s"
