@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.files import atomic_write, write_json
 
 CELLS_DIR = "cells"
 SETTINGS_FILE = "sweep.json"
@@ -439,19 +440,8 @@ def run_cell(payload: CheckpointPayload, cell: Cell, settings: CellSettings) -> 
     }
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temp file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_rows(out: str | os.PathLike) -> list[dict]:
@@ -547,13 +537,11 @@ def _check_settings(out: Path, spec: SweepSpec) -> None:
 
 
 def _record_settings(out: Path, spec: SweepSpec, labels: Sequence[str]) -> None:
-    from core.checkpoints import write_json_atomic
-
     file = out / SETTINGS_FILE
     data = json.loads(file.read_text()) if file.exists() else {}
     data["settings"] = spec.result_settings()
     data["last_spec"] = {**asdict(spec), "checkpoint_labels": list(labels)}
-    write_json_atomic(file, data)
+    write_json(file, data)
 
 
 def _one_line(error: str) -> str:
@@ -667,7 +655,7 @@ def run_sweep(
                     outcome.failed.append((cell, str(e)))
                     bar.write(f"failed: {cell}: {_one_line(str(e))}")
                 else:
-                    write_text_atomic(cell.path(out), json.dumps(row) + "\n")
+                    _write_text(cell.path(out), json.dumps(row) + "\n")
                     outcome.done.append(cell)
                     episodes_done += spec.episodes
                 bar.update(1)
@@ -710,7 +698,7 @@ def _write_errors(out: Path, failed: Sequence[tuple[Cell, str]]) -> None:
     if not failed:
         file.unlink(missing_ok=True)
         return
-    write_text_atomic(file, "".join(f"== {cell}\n{error.rstrip()}\n\n" for cell, error in failed))
+    _write_text(file, "".join(f"== {cell}\n{error.rstrip()}\n\n" for cell, error in failed))
 
 
 def summary_lines(outcome: SweepOutcome, out: str | os.PathLike) -> list[str]:
@@ -834,6 +822,6 @@ def write_report(out: str | os.PathLike) -> list[Path]:
             "",
         ]
     report = out / REPORT_FILE
-    write_text_atomic(report, "\n".join(md))
+    _write_text(report, "\n".join(md))
     written.append(report)
     return written

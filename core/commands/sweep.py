@@ -61,27 +61,17 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
 
-    def fail(message: str) -> int:
-        print(f"qgf sweep: error: {message}", file=sys.stderr)
-        return 2
-
-    try:
-        if args.report:
-            if args.spec or any(getattr(args, k) is not None for k in _SPEC_OPTIONS):
-                return fail("--report DIR takes no spec and no sweep options")
-            for path in write_report(args.report):
-                print(f"wrote {path}")
-            return 0
-        data = read_spec_file(args.spec) if args.spec else {}
-        given = {k: getattr(args, k) for k in _SPEC_OPTIONS if getattr(args, k) is not None}
-        data.update(given)
-        spec = SweepSpec.from_mapping(data, source=args.spec or "spec", options=given)
-        outcome = run_sweep(spec, progress=not args.no_progress)
-    except SweepError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        print("qgf sweep: interrupted; run the same command to resume", file=sys.stderr)
-        return 130
+    if args.report:
+        if args.spec or any(getattr(args, k) is not None for k in _SPEC_OPTIONS):
+            raise SweepError("--report DIR takes no spec and no sweep options")
+        for path in write_report(args.report):
+            print(f"wrote {path}")
+        return 0
+    data = read_spec_file(args.spec) if args.spec else {}
+    given = {k: getattr(args, k) for k in _SPEC_OPTIONS if getattr(args, k) is not None}
+    data.update(given)
+    spec = SweepSpec.from_mapping(data, source=args.spec or "spec", options=given)
+    outcome = run_sweep(spec, progress=not args.no_progress)
     for i, line in enumerate(summary_lines(outcome, spec.out)):
         print(line, file=sys.stdout if i == 0 else sys.stderr)
     if outcome.done or outcome.skipped:
