@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from core.files import atomic_write, write_json
+from core.files import atomic_write, read_json_object, write_json
 
 CELLS_DIR = "cells"
 SETTINGS_FILE = "sweep.json"
@@ -523,10 +523,9 @@ def _check_settings(out: Path, spec: SweepSpec) -> None:
     file = out / SETTINGS_FILE
     wanted = spec.result_settings()
     if file.exists():
-        try:
-            recorded = json.loads(file.read_text()).get("settings", {})
-        except (OSError, json.JSONDecodeError, AttributeError):
-            raise SweepError(f"{file} is unreadable; move it away or use another --out") from None
+        recorded = read_json_object(file, SweepError).get("settings", {})
+        if not isinstance(recorded, dict):
+            raise SweepError(f"{file} has no settings table; move it away or use another --out")
         differ = [k for k in RESULT_SETTINGS if recorded.get(k) != wanted[k]]
         if differ:
             k = differ[0]
@@ -538,7 +537,7 @@ def _check_settings(out: Path, spec: SweepSpec) -> None:
 
 def _record_settings(out: Path, spec: SweepSpec, labels: Sequence[str]) -> None:
     file = out / SETTINGS_FILE
-    data = json.loads(file.read_text()) if file.exists() else {}
+    data = read_json_object(file, SweepError) if file.exists() else {}
     data["settings"] = spec.result_settings()
     data["last_spec"] = {**asdict(spec), "checkpoint_labels": list(labels)}
     write_json(file, data)

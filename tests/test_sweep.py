@@ -369,3 +369,9 @@ def test_a_checkpoint_without_dataset_sample_runs_without_distances(tmp_path):
     write_row(cell.path(tmp_path / "out"), row)
     report = write_report(tmp_path / "out")[-1].read_text()
     assert "| qgf | 0.1 | 1 | 0% |" in report and "| n/a |" in report
+
+
+def test_an_unreadable_settings_file_is_one_clear_error(tmp_path):
+    (tmp_path / "sweep.json").write_text("[1, 2]")
+    with pytest.raises(SweepError, match="does not hold a JSON object"):
+        run_sweep(SweepSpec(checkpoints=(CHECKPOINT,), out=str(tmp_path)), progress=False)
