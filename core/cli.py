@@ -25,6 +25,7 @@ CORE_COMMANDS = {
     "record": "core.commands.record",
     "diagnose": "core.commands.diagnose",
     "import": "core.commands.import_agent",
+    "sweep": "core.commands.sweep",
 }
 # One-line help for `qgf --help`, so listing commands imports nothing heavy.
 SUMMARIES = {
@@ -34,7 +35,8 @@ SUMMARIES = {
     "eval": "success rate per guidance weight and estimator, with 95% CIs",
     "record": "record rollout videos, one tiled panel per (weight, estimator)",
     "diagnose": "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data",
-    "bench": "benchmarks: guidance, viewer, record (prints a table)",
+    "sweep": "guidance sweeps as Ray tasks (local or a cluster), resumable, one report",
+    "bench": "benchmarks: guidance, viewer, record, landscape, sweep (prints a table)",
     "import": "import a QGF-release or FQL JAX agent (params_<step>.pkl) as a checkpoint",
 }
 

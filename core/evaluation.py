@@ -24,6 +24,7 @@ import torch
 from core.checkpoints import CheckpointConfig, check_env_dims
 from core.files import atomic_write, write_json
 from core.guidance import ESTIMATORS, QFn, VelocityFn, guided_sample
+from core.manifold import DataManifold
 from core.stats import mean_interval, wilson_interval
 
 
@@ -36,12 +37,20 @@ class Episodes:
         returns: ``[N]`` sum of rewards.
         lengths: ``[N]`` env steps taken.
         nonfinite_steps: policy calls in which a row's guidance went non-finite.
+        actions: action chunks sampled (one per still-running env per policy call).
+        off_manifold_actions: of those, how many lay off the data manifold (0 when no
+            manifold was given).
+        policy_time_s: wall time spent sampling actions (the batched ``guided_sample``
+            calls, results on the CPU), without env steps.
     """
 
     success: np.ndarray
     returns: np.ndarray
     lengths: np.ndarray
     nonfinite_steps: int = 0
+    actions: int = 0
+    off_manifold_actions: int = 0
+    policy_time_s: float = 0.0
 
 
 @dataclass
@@ -128,6 +137,7 @@ def run_episodes(
     device: str | torch.device = "cpu",
     envs: list | None = None,
     progress=None,
+    manifold: DataManifold | None = None,
 ) -> Episodes:
     """Run ``episodes`` guided episodes, ``num_envs`` at a time.
 
@@ -143,6 +153,8 @@ def run_episodes(
         device: where observations go for the policy.
         envs: envs to reuse (extended in place when there are fewer than ``num_envs``).
         progress: optional tqdm bar, advanced by one per finished episode.
+        manifold: when given, every executed chunk is checked against the data (this
+            draws no random numbers, so the episodes are the same with or without it).
 
     Returns:
         ``Episodes`` in episode order.
@@ -153,7 +165,8 @@ def run_episodes(
     success = np.zeros(episodes, bool)
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, int)
-    nonfinite = 0
+    nonfinite = sampled = off = 0
+    policy_time = 0.0
     chunk = horizon * action_dim
     for first in range(0, episodes, num_envs):
         ids = list(range(first, min(first + num_envs, episodes)))
@@ -165,6 +178,7 @@ def run_episodes(
             rows = np.flatnonzero(active)
             noise = torch.stack([torch.randn(chunk, generator=gens[r]) for r in rows])
             obs_t = torch.as_tensor(obs[rows], dtype=torch.float32, device=device)
+            started = time.perf_counter()
             trace = guided_sample(
                 policy,
                 critic,
@@ -174,8 +188,12 @@ def run_episodes(
                 steps=flow_steps,
                 noise=noise.to(device),
             )
-            nonfinite += int(trace.nonfinite.sum())
             actions = trace.actions.detach().cpu().numpy().reshape(len(rows), horizon, action_dim)
+            policy_time += time.perf_counter() - started
+            nonfinite += int(trace.nonfinite.sum())
+            sampled += len(rows)
+            if manifold is not None:
+                off += int(manifold.off_manifold(obs_t, trace.actions).sum())
             for k, r in enumerate(rows):
                 env, i = envs[r], ids[r]
                 for a in actions[k]:
@@ -189,7 +207,7 @@ def run_episodes(
                         if progress is not None:
                             progress.update(1)
                         break
-    return Episodes(success, returns, lengths, nonfinite)
+    return Episodes(success, returns, lengths, nonfinite, sampled, off, policy_time)
 
 
 def summarize(estimator: str, weight: float, ep: Episodes) -> SweepPoint:

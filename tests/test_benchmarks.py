@@ -86,3 +86,18 @@ def test_qgf_bench_guidance_prints_the_table(capsys):
     assert float(lines["unguided"][2]) == 1.0
     assert float(lines["qgf+best_of_2"][-1]) == pytest.approx(2 * float(lines["qgf"][-1]))
     assert "qgf at batch 1:" in out
+
+
+@pytest.mark.slow
+def test_bench_sweep_spreads_cells_across_simulated_nodes(tmp_path):
+    import ray
+
+    from benchmarks import sweep
+
+    assert not ray.is_initialized()  # the run must build and join its own cluster
+    parser = argparse.ArgumentParser()
+    sweep.add_arguments(parser)
+    args = parser.parse_args(["--episodes", "1", "--max-episode-steps", "2", "--nodes", "2"])
+    nodes, seconds = sweep._multi_node(args, tmp_path)
+    assert sum(nodes.values()) == 4 and len(nodes) == 2 and seconds > 0
+    assert not ray.is_initialized()
