@@ -302,7 +302,8 @@ def test_a_session_plays_an_imported_fql_agent_and_keeps_it_in_a_timeline(import
 
 
 def test_diagnose_without_a_dataset_sample_shows_distances_as_unavailable(imported, tmp_path):
-    from core.report import diagnose_checkpoint, write_report
+    from core.report import diagnose_checkpoint
+    from core.report_figures import write_report
 
     report = diagnose_checkpoint(
         imported["fql"],

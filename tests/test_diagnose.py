@@ -21,16 +21,12 @@ from core.checkpoints import (
 from core.cli import main as cli_main
 from core.guidance import guided_sample
 from core.manifold import DataManifold
-from core.report import (
-    DATA,
-    ORACLE,
-    default_weight,
-    diagnose_checkpoint,
+from core.report import DATA, ORACLE, default_weight, diagnose_checkpoint, pick_states
+from core.report_figures import (
     figure_distance,
     figure_noise_sensitivity,
     figure_q,
     figure_weights,
-    pick_states,
     write_report,
 )
 

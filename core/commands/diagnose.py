@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from core.report import DEFAULT_SWEEP, diagnose_checkpoint, write_report
+    from core.report import DEFAULT_SWEEP, diagnose_checkpoint
+    from core.report_figures import write_report
 
     common.set_threads(args.threads)
     args.device = common.resolve_device(args.device)
