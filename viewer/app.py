@@ -31,82 +31,42 @@ import dearpygui.dearpygui as dpg
 import numpy as np
 
 from core import envs
-from core.guidance import ESTIMATOR_DOCS, ESTIMATORS
+from core.guidance import ESTIMATOR_DOCS
 from core.render import (
-    EXECUTED_RGBA,
-    GHOST_RGBA,
-    GRIPPER_CLOSE_RGBA,
-    GRIPPER_OPEN_RGBA,
-    OFF_MANIFOLD_RGBA,
     RenderSettings,
-    time_color,
 )
 from viewer.compare_view import CompareView
+from viewer.controls import ControlsMixin
 from viewer.frames import FrameStream
 from viewer.landscape_view import LandscapeView
-from viewer.manifold_view import ManifoldAnalysis, SweepPreview, sweep_key
+from viewer.manifold_view import ManifoldAnalysis, SweepPreview
+from viewer.plots import PlotsMixin
 from viewer.record import SceneRecorder, default_path
-from viewer.session import FrameSpec, Session, SessionView, branch_rgba
-from viewer.timeline_file import TIMELINE_DIR, Timeline, read_timeline, save_timeline
+from viewer.session import FrameSpec, Session, SessionView
+from viewer.timeline_file import Timeline, read_timeline, save_timeline
 from viewer.timeline_file import default_path as timeline_path
-from viewer.widgets import STATUS_HEIGHT, line_theme, nan_joined, rgb255
-from viewer.worker import REAL_TIME_STEPS, Worker, WorkerError
-
-TITLE = "qgf view"
-CONTROLS_WIDTH = 390
-PLOT_HEIGHT = 215
-LEGEND_HEIGHT = 20
-ERROR_SECONDS = 20.0
-# Weight slider ranges: linear [0, W_LINEAR_MAX]; log10 w in [W_LOG_MIN, W_LOG_MAX].
-W_LINEAR_MAX = 0.3
-W_LOG_MIN, W_LOG_MAX = -3.0, 0.0
-WEIGHT_STEP = 1.25
-_BACKGROUND = (22, 25, 32, 255)
-# GUI redraw rates (paced_frame): a new scene frame is drawn at once (at most MAX_GUI_FPS);
-# otherwise ACTIVE_GUI_FPS within ACTIVE_SECONDS of input (a dragged slider follows the
-# mouse), IDLE_GUI_FPS after.
-MAX_GUI_FPS = 30.0
-ACTIVE_GUI_FPS = 15.0
-IDLE_GUI_FPS = 8.0
-ACTIVE_SECONDS = 0.5
-_SCREENSHOT_SETTLE_FRAMES = 3
-# The effector's neighbourhood, paths magnified: one action moves the effector at most 5 cm,
-# which at true size is a few pixels. The legend says so whenever the scale is not 1.
-DEFAULT_CAMERA = "follow"
-DEFAULT_PATH_SCALE = 3.0
-# Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
-_FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-_ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
-_DIM_COLORS = (
-    (255, 99, 99),
-    (99, 200, 99),
-    (99, 150, 255),
-    (230, 180, 60),
-    (200, 120, 255),
+from viewer.widgets import (
+    _BACKGROUND,
+    _SCREENSHOT_SETTLE_FRAMES,
+    ACTIVE_GUI_FPS,
+    ACTIVE_SECONDS,
+    CONTROLS_WIDTH,
+    DEFAULT_CAMERA,
+    DEFAULT_PATH_SCALE,
+    ERROR_SECONDS,
+    IDLE_GUI_FPS,
+    LEGEND_HEIGHT,
+    MAX_GUI_FPS,
+    PLOT_HEIGHT,
+    STATUS_HEIGHT,
+    SWEEP_WHILE_PLAYING,
+    TITLE,
+    W_LINEAR_MAX,
+    W_LOG_MAX,
+    W_LOG_MIN,
+    scale_note,
 )
-_RESOLUTIONS = ("fit window", "480x360", "640x480", "960x640", "1280x720")
-
-KEYS = (
-    ("Space", "play / pause"),
-    ("Right", "single step"),
-    ("R", "reset the episode"),
-    ("Up / Down", "guidance weight x1.25 / /1.25"),
-    ("1 2 3 4", "camera: front, side, top, follow effector"),
-    ("G", "toggle the unguided ghost"),
-    ("D", "toggle the denoising paths"),
-    ("P", "save a screenshot"),
-    ("V", "start / stop recording a video of the scene"),
-    ("B", "branch: continue from the step shown (or change a setting there)"),
-    ("C", "compare every estimator at the step shown"),
-    ("L", "the critic's landscape at the step shown (click it to probe an action)"),
-    ("H or F1", "this help"),
-    ("Esc", "close this help"),
-    ("Left drag", "orbit the camera (in the scene)"),
-    ("Right drag", "pan the camera (in the scene)"),
-    ("Wheel", "zoom (in the scene)"),
-)
-# The sweep plot's title while playing: a sweep per step would take the steps' time.
-SWEEP_WHILE_PLAYING = "Sweep of w: shown when paused"
+from viewer.worker import Worker, WorkerError
 
 
 @dataclass
@@ -116,11 +76,7 @@ class Message:
     time: float
 
 
-def _scale_note(k: float) -> str:
-    return "" if k == 1.0 else f"paths x{k:.1f} (magnified)"
-
-
-class ViewerApp:
+class ViewerApp(ControlsMixin, PlotsMixin):
     """One window over one ``Session``; one per process (Dear PyGui 2.3 crashes on a second
     window in a process whose first ran next to a MuJoCo GL context or loaded a font).
 
@@ -521,7 +477,7 @@ class ViewerApp:
     def on_path_scale(self, sender, value, user_data=None) -> None:
         k = float(value)
         self.frames.set_path_scale(k)
-        dpg.set_value(self._tags["scale_note"], _scale_note(k))
+        dpg.set_value(self._tags["scale_note"], scale_note(k))
 
     def on_render_flag(self, sender, value, user_data=None) -> None:
         self.frames.configure(**{str(user_data): bool(value)})
@@ -698,410 +654,6 @@ class ViewerApp:
             self.frames.move_camera("zoom", 0.0, -0.05 * float(delta))
 
     # --- building -----------------------------------------------------------------------
-    def _theme(self) -> None:
-        if _FONT.exists():
-            with dpg.font_registry():
-                font = dpg.add_font(str(_FONT), 15)
-            dpg.bind_font(font)
-        with dpg.theme() as theme, dpg.theme_component(dpg.mvAll):
-            dpg.add_theme_style(dpg.mvStyleVar_FrameRounding, 3)
-            dpg.add_theme_style(dpg.mvStyleVar_ItemSpacing, 6, 5)
-            dpg.add_theme_style(dpg.mvStyleVar_WindowPadding, 6, 6)
-            # Transparent window backgrounds over the viewport's clear colour: ImGui skips a
-            # fully transparent fill, and on software GL filling the 1280x800 window (and
-            # its panels) cost ~15 ms of CPU per frame.
-            dpg.add_theme_color(dpg.mvThemeCol_WindowBg, (0, 0, 0, 0))
-            dpg.add_theme_color(dpg.mvThemeCol_ChildBg, (0, 0, 0, 0))
-        dpg.bind_theme(theme)
-        with dpg.theme() as self._error_theme, dpg.theme_component(dpg.mvText):
-            dpg.add_theme_color(dpg.mvThemeCol_Text, (255, 90, 90))
-        with dpg.theme() as self._play_theme, dpg.theme_component(dpg.mvButton):
-            dpg.add_theme_color(dpg.mvThemeCol_Button, (40, 120, 60))
-
-    def _make_texture(self, shape: tuple[int, ...]) -> None:
-        h, w = int(shape[0]), int(shape[1])
-        buffer = np.zeros((h, w, 3), np.float32)
-        old = self._texture
-        with dpg.texture_registry():
-            self._texture = dpg.add_raw_texture(w, h, buffer, format=dpg.mvFormat_Float_rgb)
-        self._buffer = buffer
-        if "image" in self._tags:
-            dpg.configure_item(self._tags["image"], texture_tag=self._texture)
-            self._layout()
-        if old is not None:
-            dpg.delete_item(old)
-
-    def _build_window(self) -> None:
-        t = self._tags
-        # Not a primary window: Dear PyGui draws a primary window's background opaque whatever
-        # the theme says (a 1280x800 fill, ~8 ms of CPU per GUI frame on software GL). A plain
-        # window covering the viewport (_layout keeps it so) and never raised over the others
-        # shows the viewport's clear colour instead, for nothing.
-        with dpg.window(
-            tag="qgf_main", pos=(0, 0), width=self.width, height=self.height, no_scrollbar=True,
-            no_background=True, no_title_bar=True, no_resize=True, no_move=True,
-            no_collapse=True, no_bring_to_front_on_focus=True,
-        ) as t["window"]:  # fmt: skip
-            with dpg.group(horizontal=True):
-                with dpg.child_window(width=-CONTROLS_WIDTH - 8, height=300, no_scrollbar=True) as (
-                    t["scene_panel"]
-                ):
-                    t["image"] = dpg.add_image(self._texture)
-                    self._build_legend()
-                with dpg.child_window(width=CONTROLS_WIDTH, height=300) as t["controls"]:
-                    self._build_controls()
-            with dpg.group(horizontal=True) as t["plots"]:
-                self._build_plots()
-            with dpg.group(horizontal=True) as t["status"]:
-                t["rec"] = dpg.add_text("", color=(255, 60, 60))
-                t["status_text"] = dpg.add_text("starting ...")
-                t["status_error"] = dpg.add_text("")
-                dpg.bind_item_theme(t["status_error"], self._error_theme)
-                t["status_note"] = dpg.add_text("", color=(140, 210, 255))
-
-    def _build_legend(self) -> None:
-        with dpg.group(horizontal=True):
-            dpg.add_text("a_hat at t = 0")
-            with dpg.group(horizontal=True, horizontal_spacing=0):
-                for tt in np.linspace(0.0, 1.0, 6):
-                    dpg.add_text("\u25a0", color=rgb255(time_color(tt)))
-            dpg.add_text("1")
-            for label, rgba in (
-                ("executed", EXECUTED_RGBA),
-                ("w=0 ghost", GHOST_RGBA),
-                ("off-manifold", OFF_MANIFOLD_RGBA),
-                ("gripper open", GRIPPER_OPEN_RGBA),
-                ("/ close", GRIPPER_CLOSE_RGBA),
-            ):
-                dpg.add_text(label, color=rgb255(rgba))
-            self._tags["scale_note"] = dpg.add_text(
-                _scale_note(DEFAULT_PATH_SCALE), color=(120, 220, 255)
-            )
-            self._tags["label"] = dpg.add_text("", color=(255, 200, 80))
-
-    def _build_controls(self) -> None:
-        t = self._tags
-        cb = self.callback
-        s = self.session.settings
-        t["info"] = dpg.add_text("")
-        t["values"] = dpg.add_text("")
-        # Playback first: at 1280x800 the column shows it, guidance and the timeline whole.
-        with dpg.collapsing_header(label="Playback", default_open=True):
-            with dpg.group(horizontal=True):
-                t["play"] = dpg.add_button(
-                    label="Play", width=70, callback=cb("play", self.play_pause)
-                )
-                dpg.add_button(label="Step", width=60, callback=cb("step", self.single_step))
-                dpg.add_button(label="Reset", width=60, callback=cb("reset", self.reset))
-                dpg.add_button(
-                    label="Screenshot", callback=cb("screenshot", lambda *_: self.screenshot())
-                )
-            with dpg.group(horizontal=True):
-                t["record"] = dpg.add_button(
-                    label="Record", width=70, callback=cb("record", self.toggle_recording)
-                )
-                t["record_format"] = dpg.add_combo(("mp4", "gif"), default_value="mp4", width=60)
-                t["record_caption"] = dpg.add_checkbox(label="caption", default_value=True)
-            with dpg.group(horizontal=True):
-                t["save_timeline"] = dpg.add_button(
-                    label="Save timeline",
-                    callback=cb("save timeline", lambda *_: self.save_timeline()),
-                )
-                dpg.add_button(
-                    label="Open timeline...",
-                    callback=cb("open dialog", lambda *_: dpg.show_item(t["timeline_dialog"])),
-                )
-            with dpg.group(horizontal=True):
-                t["speed"] = dpg.add_slider_float(
-                    label="steps/s", min_value=1, max_value=60, default_value=REAL_TIME_STEPS,
-                    width=170, format="%.0f", callback=cb("speed", self.on_speed),
-                )  # fmt: skip
-                t["max_speed"] = dpg.add_checkbox(
-                    label="max", callback=cb("speed", self.on_max_speed)
-                )
-            with dpg.group(horizontal=True):
-                # Scrubs the recorded steps of this episode; the right end is the live step.
-                t["timeline"] = dpg.add_slider_int(
-                    label="##timeline", min_value=0, max_value=0, width=-80,
-                    format="step %d", callback=cb("timeline", self.on_timeline),
-                )  # fmt: skip
-                t["live"] = dpg.add_button(label="Live", callback=cb("live", self.go_live))
-            with dpg.group(horizontal=True):
-                # Changing a sampling setting at a past step also branches from it.
-                t["branch_here"] = dpg.add_button(
-                    label="Branch here", callback=cb("branch", self.branch_here)
-                )
-                t["branch"] = dpg.add_combo(
-                    ["main"], default_value="main", width=-1,
-                    callback=cb("switch branch", self.on_branch),
-                )  # fmt: skip
-        with dpg.collapsing_header(label="Guidance", default_open=True):
-            with dpg.group(horizontal=True):
-                t["weight_slider"] = dpg.add_slider_float(
-                    width=200, callback=cb("weight", self.on_weight_slider)
-                )
-                t["weight_input"] = dpg.add_input_float(
-                    label="w", width=110, step=0, format="%.4f", on_enter=True,
-                    callback=cb("weight", self.on_weight_input),
-                )  # fmt: skip
-            self._inputs.append(t["weight_input"])
-            t["log"] = dpg.add_checkbox(
-                label="log scale",
-                default_value=self.log_weight,
-                callback=cb("log", self.on_log_weight),
-            )
-            t["estimator"] = dpg.add_combo(
-                list(ESTIMATORS), default_value=s.estimator, label="estimator", width=-90,
-                callback=cb("estimator", self.on_estimator),
-            )  # fmt: skip
-            t["estimator_doc"] = dpg.add_text(
-                ESTIMATOR_DOCS.get(s.estimator, ""), wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185)
-            )
-            t["steps"] = dpg.add_slider_int(
-                label="steps T", min_value=1, max_value=50, default_value=s.steps, width=-90,
-                callback=cb("steps", self.on_steps),
-            )  # fmt: skip
-            t["candidates"] = dpg.add_slider_int(
-                label="candidates N", min_value=1, max_value=32, default_value=s.candidates,
-                width=-90, callback=cb("candidates", self.on_candidates),
-            )  # fmt: skip
-            t["pick_best"] = dpg.add_checkbox(
-                label="best-of-N (execute the highest-Q candidate)", default_value=s.pick_best,
-                callback=cb("best-of", self.on_pick_best),
-            )  # fmt: skip
-            t["seed"] = dpg.add_input_int(
-                label="seed", default_value=s.seed, width=120, on_enter=True,
-                callback=cb("seed", self.on_seed),
-            )  # fmt: skip
-            self._inputs.append(t["seed"])
-        with dpg.collapsing_header(label="Policy", default_open=True):
-            t["checkpoint"] = dpg.add_text("")
-            with dpg.group(horizontal=True):
-                dpg.add_button(
-                    label="Open checkpoint...",
-                    callback=cb("open dialog", lambda *_: dpg.show_item(t["file_dialog"])),
-                )
-                dpg.add_button(
-                    label="Random weights", callback=cb("random", self.on_random_weights)
-                )
-            names = [n for n in envs.valid_names() if "-play-singletask-task" in n]
-            if s.env_name not in names:
-                names.insert(0, s.env_name)
-            t["env"] = dpg.add_combo(
-                names, default_value=s.env_name, label="task", width=-60,
-                callback=cb("task", self.on_env),
-            )  # fmt: skip
-        with dpg.collapsing_header(label="Camera and layers", default_open=False):
-            with dpg.group(horizontal=True):
-                for name in ("front", "side", "top", "follow"):
-                    dpg.add_button(
-                        label=name, callback=cb("camera", lambda *_, n=name: self.set_camera(n))
-                    )
-            t["path_scale"] = dpg.add_slider_float(
-                label="path scale", min_value=1.0, max_value=5.0,
-                default_value=DEFAULT_PATH_SCALE, width=-110,
-                format="x%.1f", callback=cb("path scale", self.on_path_scale),
-            )  # fmt: skip
-            layers = self.frames.layers
-            for name, label in (
-                ("denoise", "denoising steps (a_hat at each t)"),
-                ("final", "final candidates"),
-                ("executed", "executed action"),
-                ("ghost", "unguided ghost (w = 0, same noise)"),
-                ("gripper", "gripper command"),
-                ("off_manifold", "off-manifold marks"),
-                ("branches", "branch paths (effector, per branch)"),
-            ):
-                t[f"layer_{name}"] = dpg.add_checkbox(
-                    label=label, default_value=getattr(layers, name), user_data=name,
-                    callback=cb("layer", self.on_layer),
-                )  # fmt: skip
-        with dpg.collapsing_header(label="Render", default_open=False):
-            rs = self.frames.settings
-            t["gl"] = dpg.add_text("", wrap=CONTROLS_WIDTH - 30, color=(170, 175, 185))
-            t["resolution"] = dpg.add_combo(
-                _RESOLUTIONS, default_value="fit window", label="resolution", width=-90,
-                callback=cb("resolution", self.on_resolution),
-            )  # fmt: skip
-            t["aa"] = dpg.add_checkbox(
-                label="anti-aliasing (4x MSAA)", default_value=rs.offsamples > 0,
-                callback=cb("anti-aliasing", self.on_antialias),
-            )  # fmt: skip
-            for flag in ("shadows", "skybox", "reflection"):
-                t[flag] = dpg.add_checkbox(
-                    label=flag, default_value=getattr(rs, flag), user_data=flag,
-                    callback=cb(flag, self.on_render_flag),
-                )  # fmt: skip
-        for panel in self.panels:
-            self._call("panel", panel, self)
-        dpg.add_text("H or F1: keyboard help", color=(150, 155, 165))
-
-    def _build_plots(self) -> None:
-        t = self._tags
-
-        def legend() -> None:
-            dpg.add_plot_legend(outside=True, location=dpg.mvPlot_Location_North, horizontal=True)
-
-        with dpg.plot(label="Episode", height=PLOT_HEIGHT, width=300) as t["plot_episode"]:
-            legend()
-            t["ep_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
-            with dpg.plot_axis(dpg.mvYAxis, label="value") as t["ep_y"]:
-                t["ep_q"] = dpg.add_line_series([], [], label="Q")
-                t["ep_v"] = dpg.add_line_series([], [], label="V")
-                t["ep_r"] = dpg.add_line_series([], [], label="reward")
-                t["ep_success"] = dpg.add_scatter_series([], [], label="success")
-                t["ep_shown"] = dpg.add_inf_line_series([], label="shown")
-        with dpg.plot(label="Q(s, a_hat) along denoising", height=PLOT_HEIGHT, width=300) as (
-            t["plot_q"]
-        ):
-            legend()
-            t["q_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (T: final action)")
-            with dpg.plot_axis(dpg.mvYAxis, label="Q") as t["q_y"]:
-                # All candidates of a group in one series, separated by NaN (one draw call).
-                t["q_unguided"] = dpg.add_line_series([], [], label="w = 0", skip_nan=True)
-                t["q_guided"] = dpg.add_line_series([], [], label="guided", skip_nan=True)
-                t["q_exec"] = dpg.add_line_series([], [], label="executed")
-                t["q_off"] = dpg.add_scatter_series([], [], label="off data")
-        with dpg.plot(label="a_hat of the executed candidate", height=PLOT_HEIGHT, width=300) as (
-            t["plot_a"]
-        ):
-            legend()
-            t["a_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="denoising step k (faint: w = 0)")
-            with dpg.plot_axis(dpg.mvYAxis, label="action") as t["a_y"]:
-                dpg.set_axis_limits(t["a_y"], -1.1, 1.1)
-                for j, name in enumerate(_ACTION_NAMES):
-                    t[f"a_u{j}"] = dpg.add_line_series([], [], label=f"##{name} w=0")
-                    t[f"a_g{j}"] = dpg.add_line_series([], [], label=name)
-        with dpg.plot(label="Sweep of w at the live step", height=PLOT_HEIGHT, width=300) as (
-            t["plot_sweep"]
-        ):
-            legend()
-            t["sw_x"] = dpg.add_plot_axis(
-                dpg.mvXAxis, label="guidance weight w (log)", scale=dpg.mvPlotScale_Log10
-            )
-            # Until the first sweep arrives (sweeps wait while playing), a sensible empty
-            # range: an empty log axis otherwise labels itself 1e-306 .. 1.
-            dpg.set_axis_limits(t["sw_x"], 1e-3, 1.0)
-            with dpg.plot_axis(dpg.mvYAxis, label="mean Q") as t["sw_y"]:
-                t["sw_q"] = dpg.add_line_series([], [], label="Q")
-                t["sw_w"] = dpg.add_inf_line_series([], label="current w")
-            with dpg.plot_axis(dpg.mvYAxis2, label="distance to data", opposite=True) as (
-                t["sw_y2"]
-            ):
-                t["sw_d"] = dpg.add_line_series([], [], label="distance")
-                t["sw_thr"] = dpg.add_inf_line_series([], horizontal=True, label="threshold")
-        with dpg.plot(
-            label="Branches: Q and return", height=PLOT_HEIGHT, width=300, show=False
-        ) as (t["plot_branches"]):
-            legend()
-            t["br_x"] = dpg.add_plot_axis(dpg.mvXAxis, label="env step")
-            t["br_y"] = dpg.add_plot_axis(dpg.mvYAxis, label="Q(s,a) (thick)")
-            t["br_y2"] = dpg.add_plot_axis(dpg.mvYAxis2, label="return (thin)", opposite=True)
-        self._branch_series: list[tuple[int | str, int | str]] = []
-        self._branch_themes: dict[int, tuple[int | str, int | str]] = {}
-        self._series_themes()
-
-    def _series_themes(self) -> None:
-        t = self._tags
-        yellow = rgb255(time_color(1.0))
-        self._theme_guided = line_theme((yellow[0], yellow[1], yellow[2], 150))
-        # Drawn under the guided lines and wider, so a w = 0 curve that the guided one
-        # follows still shows as a grey halo.
-        self._theme_unguided = line_theme((160, 168, 180, 130), 4.0)
-        self._theme_exec = line_theme((255, 255, 255, 255), 3.0)
-        self._theme_dims = [line_theme((*c, 255), 2.0) for c in _DIM_COLORS]
-        self._theme_dims_ghost = [line_theme((*c, 110), 1.0) for c in _DIM_COLORS]
-        dpg.bind_item_theme(t["q_unguided"], self._theme_unguided)
-        dpg.bind_item_theme(t["q_guided"], self._theme_guided)
-        dpg.bind_item_theme(t["q_exec"], self._theme_exec)
-        off = rgb255(OFF_MANIFOLD_RGBA)
-        dpg.bind_item_theme(t["q_off"], line_theme(off, 1.0, marker=dpg.mvPlotMarker_Circle))
-        dpg.bind_item_theme(t["sw_q"], line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["sw_d"], line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["sw_thr"], line_theme(off, 1.0))
-        dpg.bind_item_theme(t["sw_w"], line_theme((255, 255, 255, 160), 1.0))
-        for j in range(len(_ACTION_NAMES)):
-            dpg.bind_item_theme(t[f"a_u{j}"], self._theme_dims_ghost[j])
-            dpg.bind_item_theme(t[f"a_g{j}"], self._theme_dims[j])
-        dpg.bind_item_theme(t["ep_q"], line_theme((250, 210, 60, 255), 2.0))
-        dpg.bind_item_theme(t["ep_v"], line_theme((90, 170, 255, 255), 2.0))
-        dpg.bind_item_theme(t["ep_r"], line_theme((200, 120, 255, 255), 1.5))
-        dpg.bind_item_theme(
-            t["ep_success"], line_theme((60, 230, 100, 255), 1.0, marker=dpg.mvPlotMarker_Diamond)
-        )
-
-    def _build_help(self) -> None:
-        with (
-            dpg.window(
-                label="Keyboard and mouse (H or F1)", modal=False, show=False, no_collapse=True,
-                width=430, height=395, pos=(self.width // 2 - 215, 120),
-            ) as self._tags["help"],
-            dpg.table(header_row=False, borders_innerH=True),
-        ):  # fmt: skip
-            dpg.add_table_column(width_fixed=True, init_width_or_weight=110)
-            dpg.add_table_column()
-            for key, what in KEYS:
-                with dpg.table_row():
-                    dpg.add_text(key, color=(255, 220, 120))
-                    dpg.add_text(what)
-
-    def _build_file_dialog(self) -> None:
-        def chosen(sender, app_data, user_data=None) -> None:
-            path = app_data.get("file_path_name") or app_data.get("current_path")
-            if path:
-                self.open_checkpoint(path)
-
-        start = self.session.checkpoint_path or Path.cwd() / "checkpoints"
-        self._tags["file_dialog"] = dpg.add_file_dialog(
-            directory_selector=True, show=False, width=640, height=420,
-            default_path=str(start.parent if start.exists() else Path.cwd()),
-            callback=self.callback("open checkpoint", chosen),
-        )  # fmt: skip
-
-        def chosen_timeline(sender, app_data, user_data=None) -> None:
-            path = app_data.get("file_path_name")
-            if path:
-                self.open_timeline(path)
-
-        folder = Path.cwd() / TIMELINE_DIR
-        self._tags["timeline_dialog"] = dpg.add_file_dialog(
-            show=False, width=640, height=420,
-            default_path=str(folder if folder.is_dir() else Path.cwd()),
-            callback=self.callback("open timeline", chosen_timeline),
-        )  # fmt: skip
-        dpg.add_file_extension(".safetensors", parent=self._tags["timeline_dialog"])
-        dpg.add_file_extension(".*", parent=self._tags["timeline_dialog"])
-
-    def _build_handlers(self) -> None:
-        keys = (
-            ("space", dpg.mvKey_Spacebar, self.play_pause),
-            ("right", dpg.mvKey_Right, self.single_step),
-            ("r", dpg.mvKey_R, self.reset),
-            ("h", dpg.mvKey_H, self.toggle_help),
-            ("f1", dpg.mvKey_F1, self.toggle_help),
-            ("escape", dpg.mvKey_Escape, lambda: dpg.hide_item(self._tags["help"])),
-            ("up", dpg.mvKey_Up, lambda: self.nudge_weight(WEIGHT_STEP)),
-            ("down", dpg.mvKey_Down, lambda: self.nudge_weight(1 / WEIGHT_STEP)),
-            ("1", dpg.mvKey_1, lambda: self.set_camera("front")),
-            ("2", dpg.mvKey_2, lambda: self.set_camera("side")),
-            ("3", dpg.mvKey_3, lambda: self.set_camera("top")),
-            ("4", dpg.mvKey_4, lambda: self.set_camera("follow")),
-            ("g", dpg.mvKey_G, lambda: self.toggle_layer("ghost")),
-            ("d", dpg.mvKey_D, lambda: self.toggle_layer("denoise")),
-            ("p", dpg.mvKey_P, lambda: self.screenshot()),
-            ("v", dpg.mvKey_V, self.toggle_recording),
-            ("b", dpg.mvKey_B, self.branch_here),
-            ("c", dpg.mvKey_C, self.compare.request),
-            ("l", dpg.mvKey_L, self.landscape.toggle_window),
-        )
-        with dpg.handler_registry():
-            for name, key, action in keys:
-                self._tags[f"key_{name}"] = dpg.add_key_press_handler(
-                    key, callback=self.callback(f"key {name}", self._key(action))
-                )
-            dpg.add_mouse_wheel_handler(callback=self.callback("zoom", self._on_wheel))
-
-    # --- layout and refresh -------------------------------------------------------------
     def _scene_area(self) -> tuple[int, int]:
         """Pixels available to the scene image for the current window size."""
         if getattr(self, "_built", False):
@@ -1213,184 +765,6 @@ class ViewerApp:
         dpg.configure_item(t["play"], label="Pause" if playing else "Play")
         dpg.bind_item_theme(t["play"], self._play_theme if playing else 0)
         self._status()
-
-    def _plot(self, spec: FrameSpec) -> None:
-        """Text and plots of the frame's step, from the frame's ``SessionView`` only."""
-        t = self._tags
-        view = spec.view
-        if view is None:
-            return
-        rec = spec.record
-        label = view.label
-        random = view.random
-        dpg.set_value(
-            t["checkpoint"],
-            f"checkpoint: {label}" + (" (untrained)" if random else ""),
-        )
-        dpg.set_value(t["label"], "  RANDOM WEIGHTS" if random else "")
-        dpg.set_value(t["gl"], f"GL: {self.frames.stats.gl}")
-        if rec is None:
-            return
-        s = rec.settings
-        max_steps = view.max_steps or "?"
-        live = view.live_step
-        dpg.configure_item(t["timeline"], max_value=max(live, 1))
-        dpg.set_value(t["timeline"], rec.index)
-        dpg.set_value(t["ep_shown"], [[float(rec.index)]])
-        # While playing, the shown frame may trail the worker by a step: that is not scrubbing.
-        viewing = view.scrubbing and rec.index < live
-        dpg.configure_item(t["live"], label=f"Live ({live})" if viewing else "Live")
-        dpg.set_value(
-            t["info"],
-            f"{s.env_name}\nepisode {view.episode}   step {rec.index}/{max_steps}"
-            + (f" (recorded; live at {live})" if viewing else "")
-            + f"   return {view.episode_return:.1f}   "
-            + ("SUCCESS" if view.success else "done" if view.done else ""),
-        )
-        # An agent without a V network (FQL) has NaN for V: say so, never draw a number.
-        has_v = view.has_value
-        v_text = f"{rec.v:.3f}" if has_v else "n/a (no V network)"
-        dpg.set_value(
-            t["values"],
-            f"Q(s,a) = {rec.q:.3f}   V(s) = {v_text}   chunk {rec.chunk_step + 1}/"
-            f"{rec.sample.horizon}",
-        )
-        curves = view.curves
-        x = curves["step"].tolist()
-        dpg.set_value(t["ep_q"], [x, curves["q"].tolist()])
-        dpg.set_value(t["ep_v"], [x, curves["v"].tolist()] if has_v else [[], []])
-        dpg.configure_item(t["ep_v"], label="V(s)" if has_v else "V(s): unavailable")
-        dpg.set_value(t["ep_r"], [x, curves["reward"].tolist()])
-        hit = curves["success"] > 0
-        dpg.set_value(
-            t["ep_success"], [curves["step"][hit].tolist(), curves["reward"][hit].tolist()]
-        )
-        if len(x):
-            values = np.concatenate([curves["q"], curves["v"], curves["reward"]])
-            values = values[np.isfinite(values)]
-            lo, hi = float(values.min()), float(values.max())
-            pad = 0.08 * (hi - lo) + 0.05
-            dpg.set_axis_limits(t["ep_y"], lo - pad, hi + pad)
-            dpg.set_axis_limits(t["ep_x"], 0, max(10.0, x[-1] + 1))
-        self._plot_denoising(rec.sample, rec.chunk_step)
-        dpg.set_value(t["sw_w"], [[float(max(s.weight, 1e-4))]])
-        self._plot_branches(view)
-
-    def _plot_branches(self, view: SessionView) -> None:
-        """One Q curve (thick, left axis) and one return curve (thin, right axis) per branch,
-        in the branch's colour; the branch selector lists them all."""
-        t = self._tags
-        branches = view.branches
-        shown = dpg.is_item_shown(t["plot_branches"])
-        if shown != (len(branches) > 1):
-            dpg.configure_item(t["plot_branches"], show=len(branches) > 1)
-            self._layout()
-        labels = [b.label for b in branches]
-        dpg.configure_item(t["branch"], items=labels)
-        dpg.set_value(t["branch"], next(b.label for b in branches if b.id == view.active))
-        if len(branches) == 1 and not self._branch_series:
-            return  # the plot is hidden: nothing to draw into it
-        while len(self._branch_series) > len(branches):
-            for item in self._branch_series.pop():
-                dpg.delete_item(item)
-        while len(self._branch_series) < len(branches):
-            i = len(self._branch_series)
-            name = "main" if i == 0 else f"#{i}"
-            if i not in self._branch_themes:
-                color = rgb255(branch_rgba(i))
-                self._branch_themes[i] = (
-                    line_theme(color, 2.5),
-                    line_theme((*color[:3], 170), 1.0),
-                )
-            q = dpg.add_line_series([], [], label=f"{name} Q", parent=t["br_y"])
-            ret = dpg.add_line_series([], [], label=f"{name} return", parent=t["br_y2"])
-            dpg.bind_item_theme(q, self._branch_themes[i][0])
-            dpg.bind_item_theme(ret, self._branch_themes[i][1])
-            self._branch_series.append((q, ret))
-        for b, (q, ret) in zip(branches, self._branch_series, strict=True):
-            curves = b.curves
-            x = curves["step"].tolist()
-            dpg.set_value(q, [x, curves["q"].tolist()])
-            dpg.set_value(ret, [x, curves["return"].tolist()])
-        for axis in ("br_x", "br_y", "br_y2"):
-            dpg.fit_axis_data(t[axis])
-
-    def _request_sweep(self) -> None:
-        """Ask the worker for a sweep preview when the step, estimator, T, N or seed changed
-        (a pending request is replaced, so requests coalesce). Not while playing: a sweep per
-        step would take the worker's time from the steps."""
-        spec = self.frame_spec
-        if spec is None or spec.view is None or self.worker.playing:
-            return
-        key = sweep_key(spec.view)
-        if key == self._sweep_wanted:
-            return
-        self._sweep_wanted = key
-
-        def run(session: Session) -> None:
-            self.sweep = self.manifold.sweep(session)
-
-        self.worker.submit("sweep", run)
-
-    def _plot_sweep(self) -> None:
-        t = self._tags
-        sweep = self._sweep_shown = self.sweep
-        w = sweep.weights.tolist()
-        dpg.set_value(t["sw_q"], [w, sweep.q_mean.tolist()])
-        dpg.set_value(t["sw_d"], [w, np.nan_to_num(sweep.distance_mean, nan=0.0).tolist()])
-        available = math.isfinite(sweep.threshold)
-        dpg.configure_item(t["sw_d"], show=available)
-        dpg.configure_item(t["sw_thr"], show=available)
-        if available:
-            dpg.set_value(t["sw_thr"], [[sweep.threshold]])
-            d = np.concatenate([sweep.distance_mean, [sweep.threshold]])
-            dpg.set_axis_limits(t["sw_y2"], 0.0, float(d.max()) * 1.1 + 1e-6)
-        dpg.configure_item(
-            t["plot_sweep"],
-            # The sweep is of the live step: scrubbing the timeline never re-samples.
-            label=f"Sweep of w at live step {sweep.key[1]} ({sweep.seconds * 1000:.0f} ms)"
-            + ("" if available else ": distance n/a"),
-        )
-        lo, hi = float(sweep.q_mean.min()), float(sweep.q_mean.max())
-        pad = 0.08 * (hi - lo) + 1e-3
-        dpg.set_axis_limits(t["sw_y"], lo - pad, hi + pad)
-        dpg.set_axis_limits(t["sw_x"], w[0] * 0.8, w[-1] * 1.25)
-
-    def _plot_denoising(self, sample, chunk_step: int) -> None:
-        t = self._tags
-        g, u = sample.guided, sample.unguided
-        steps = g.steps
-        k = np.arange(steps + 1, dtype=np.float64)
-        q_g, q_u = sample.q_denoise, sample.q_denoise_ghost  # [T+1, N]: Q(a_hat), Q(final)
-        dpg.set_value(t["q_unguided"], nan_joined(k, q_u))
-        dpg.set_value(t["q_guided"], nan_joined(k, q_g))
-        e = sample.executed
-        dpg.set_value(t["q_exec"], [k.tolist(), q_g[:, e].astype(np.float64).tolist()])
-        off = sample.off_manifold if sample.off_manifold is not None else np.zeros(0, bool)
-        q_off = q_g[-1][off].astype(np.float64).tolist()
-        dpg.set_value(t["q_off"], [[float(steps)] * len(q_off), q_off])
-        finite = np.concatenate([q_g.ravel(), q_u.ravel()])
-        finite = finite[np.isfinite(finite)]
-        if finite.size:
-            lo, hi = float(finite.min()), float(finite.max())
-            pad = 0.08 * (hi - lo) + 1e-6
-            dpg.set_axis_limits(t["q_y"], lo - pad, hi + pad)
-        dpg.set_axis_limits(t["q_x"], 0, steps)
-
-        # a_hat at each step, then the final action, of the executed candidate's current
-        # action in the chunk (5 env dims), guided solid and unguided faint.
-        d = g.a_hat.shape[-1] // sample.horizon
-        sl = slice(chunk_step * d, (chunk_step + 1) * d)
-        a_g = np.concatenate([g.a_hat[:, e, sl].numpy(), g.final[e, sl].numpy()[None]])
-        a_u = np.concatenate([u.a_hat[:, e, sl].numpy(), u.final[e, sl].numpy()[None]])
-        for j in range(len(_ACTION_NAMES)):
-            shown = j < d
-            dpg.configure_item(t[f"a_u{j}"], show=shown)
-            dpg.configure_item(t[f"a_g{j}"], show=shown)
-            if shown:
-                dpg.set_value(t[f"a_u{j}"], [k.tolist(), a_u[:, j].astype(np.float64).tolist()])
-                dpg.set_value(t[f"a_g{j}"], [k.tolist(), a_g[:, j].astype(np.float64).tolist()])
-        dpg.set_axis_limits(t["a_x"], 0, steps)
 
     def _status(self) -> None:
         t = self._tags

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import dearpygui.dearpygui as dpg
@@ -65,3 +66,66 @@ class Host(Protocol):
     def command(self, key: str, fn: Callable[[Session], Any]) -> None: ...
 
     def select_estimator(self, name: str, pick_best: bool, **settings: Any) -> None: ...
+
+
+# --- the viewer window's layout, keys and rates (viewer.app, .controls, .plots) ---
+
+TITLE = "qgf view"
+CONTROLS_WIDTH = 390
+PLOT_HEIGHT = 215
+LEGEND_HEIGHT = 20
+ERROR_SECONDS = 20.0
+# Weight slider ranges: linear [0, W_LINEAR_MAX]; log10 w in [W_LOG_MIN, W_LOG_MAX].
+W_LINEAR_MAX = 0.3
+W_LOG_MIN, W_LOG_MAX = -3.0, 0.0
+WEIGHT_STEP = 1.25
+_BACKGROUND = (22, 25, 32, 255)
+# GUI redraw rates (paced_frame): a new scene frame is drawn at once (at most MAX_GUI_FPS);
+# otherwise ACTIVE_GUI_FPS within ACTIVE_SECONDS of input (a dragged slider follows the
+# mouse), IDLE_GUI_FPS after.
+MAX_GUI_FPS = 30.0
+ACTIVE_GUI_FPS = 15.0
+IDLE_GUI_FPS = 8.0
+ACTIVE_SECONDS = 0.5
+_SCREENSHOT_SETTLE_FRAMES = 3
+# The effector's neighbourhood, paths magnified: one action moves the effector at most 5 cm,
+# which at true size is a few pixels. The legend says so whenever the scale is not 1.
+DEFAULT_CAMERA = "follow"
+DEFAULT_PATH_SCALE = 3.0
+# Mouse motion is handed to MuJoCo as a fraction of the image height, as its viewer does.
+_FONT = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+_ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
+_DIM_COLORS = (
+    (255, 99, 99),
+    (99, 200, 99),
+    (99, 150, 255),
+    (230, 180, 60),
+    (200, 120, 255),
+)
+_RESOLUTIONS = ("fit window", "480x360", "640x480", "960x640", "1280x720")
+
+KEYS = (
+    ("Space", "play / pause"),
+    ("Right", "single step"),
+    ("R", "reset the episode"),
+    ("Up / Down", "guidance weight x1.25 / /1.25"),
+    ("1 2 3 4", "camera: front, side, top, follow effector"),
+    ("G", "toggle the unguided ghost"),
+    ("D", "toggle the denoising paths"),
+    ("P", "save a screenshot"),
+    ("V", "start / stop recording a video of the scene"),
+    ("B", "branch: continue from the step shown (or change a setting there)"),
+    ("C", "compare every estimator at the step shown"),
+    ("L", "the critic's landscape at the step shown (click it to probe an action)"),
+    ("H or F1", "this help"),
+    ("Esc", "close this help"),
+    ("Left drag", "orbit the camera (in the scene)"),
+    ("Right drag", "pan the camera (in the scene)"),
+    ("Wheel", "zoom (in the scene)"),
+)
+# The sweep plot's title while playing: a sweep per step would take the steps' time.
+SWEEP_WHILE_PLAYING = "Sweep of w: shown when paused"
+
+
+def scale_note(k: float) -> str:
+    return "" if k == 1.0 else f"paths x{k:.1f} (magnified)"
