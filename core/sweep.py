@@ -448,6 +448,8 @@ def read_rows(out: str | os.PathLike) -> list[dict]:
     """Every finished cell's row under ``out``, sorted by checkpoint, estimator, weight, seed."""
     rows = []
     for file in sorted((Path(out) / CELLS_DIR).glob("*/*/*.jsonl")):
+        if file.name.startswith("."):  # atomic_write's temporary file (.NAME.*.tmp.jsonl)
+            continue
         rows.extend(json.loads(line) for line in file.read_text().splitlines() if line.strip())
     return sorted(rows, key=lambda r: (r["checkpoint"], r["estimator"], r["weight"], r["seed"]))
 

@@ -298,6 +298,11 @@ def test_a_raising_cell_is_reported_and_the_rest_complete(cluster, by_value, tmp
     assert not (tmp_path / "out" / "errors.txt").exists()
 
 
+def finished(out: Path) -> list[Path]:
+    """Cell files, not the temporary files they are written through (.NAME.*.tmp.jsonl)."""
+    return [p for p in out.glob(f"{CELLS_DIR}/*/*/*.jsonl") if not p.name.startswith(".")]
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
     """`qgf sweep` joins the running cluster (--address), is interrupted, and resumes."""
@@ -315,7 +320,7 @@ def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
     try:
         # Generous: on a loaded 2-core machine new workers take tens of seconds to start.
         deadline = time.monotonic() + 300
-        while not list(out.glob(f"{CELLS_DIR}/*/*/*.jsonl")) and time.monotonic() < deadline:
+        while not finished(out) and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
@@ -324,7 +329,7 @@ def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    first = {p: p.stat().st_mtime_ns for p in out.glob(f"{CELLS_DIR}/*/*/*.jsonl")}
+    first = {p: p.stat().st_mtime_ns for p in finished(out)}
     assert 1 <= len(first) < 8, log.read_text()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
