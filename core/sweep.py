@@ -666,8 +666,12 @@ def run_sweep(
             submit()
     except KeyboardInterrupt:
         outcome.interrupted = True
+        # Cooperative cancellation: force-killing the workers raced tasks that were just
+        # completing and aborted the driver inside Ray (ray 2.60: "Tried to complete task
+        # that was not pending", exit 1 instead of 130). Results are written by this driver
+        # only, so a cell that still finishes is simply not recorded.
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=False)
     finally:
         bar.close()
     outcome.tasks_s = time.perf_counter() - submitted
