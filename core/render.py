@@ -324,6 +324,7 @@ def draw_overlay(
     overlay: Overlay,
     layers: OverlayLayers | None = None,
     path_scale: float = 1.0,
+    thickness: float = 1.0,
 ) -> int:
     """Append the overlay's geoms to ``scene`` (call after ``update_scene``).
 
@@ -334,6 +335,8 @@ def draw_overlay(
         path_scale: magnify every candidate path about the effector (1 = true size). One
             action moves the effector at most 5 cm, so a display aid is sometimes needed;
             whoever shows a scaled view must say so (the viewer labels it in its legend).
+        thickness: multiplies every line width and marker radius (the live demo draws
+            thicker paths, to be seen from the back of a room).
 
     Returns:
         The number of geoms that did not fit in ``scene.maxgeom`` (0 when all fit).
@@ -354,11 +357,11 @@ def draw_overlay(
         if line.layer is not None and not getattr(layers, line.layer, True):
             continue
         pts = np.asarray(line.points, dtype=np.float64).reshape(-1, 3)
-        w.segments(pts[:-1], pts[1:], line.width, line.rgba)
+        w.segments(pts[:-1], pts[1:], thickness * line.width, line.rgba)
 
     if layers.ghost and overlay.ghost is not None:
-        w.paths(o, overlay.ghost, _GHOST_WIDTH, GHOST_RGBA)
-        w.spheres(overlay.ghost[:, -1], _POINT_RADIUS, GHOST_RGBA)
+        w.paths(o, overlay.ghost, thickness * _GHOST_WIDTH, GHOST_RGBA)
+        w.spheres(overlay.ghost[:, -1], thickness * _POINT_RADIUS, GHOST_RGBA)
 
     if layers.denoise:
         steps = overlay.steps
@@ -367,8 +370,8 @@ def draw_overlay(
         t = np.arange(steps) / steps
         rgba = np.repeat(time_color(t, alpha=0.35 + 0.6 * t), int(live.sum()), axis=0)
         points = overlay.denoise[:, live]  # [T, live, H, 3]
-        w.paths(o, points, _DENOISE_WIDTH, rgba)
-        w.spheres(points[:, :, -1], _POINT_RADIUS * 0.8, rgba)
+        w.paths(o, points, thickness * _DENOISE_WIDTH, rgba)
+        w.spheres(points[:, :, -1], thickness * _POINT_RADIUS * 0.8, rgba)
 
     if layers.final:
         groups = (
@@ -380,15 +383,15 @@ def draw_overlay(
             mask = mask.copy()
             if executed >= 0:
                 mask[executed] = False
-            w.paths(o, overlay.final[mask], _FINAL_WIDTH, rgba)
-            w.spheres(overlay.final[mask, -1], _POINT_RADIUS, rgba)
+            w.paths(o, overlay.final[mask], thickness * _FINAL_WIDTH, rgba)
+            w.spheres(overlay.final[mask, -1], thickness * _POINT_RADIUS, rgba)
 
     if executed >= 0:
         path = overlay.final[executed]
         rgba = OFF_MANIFOLD_RGBA if flagged[executed] else EXECUTED_RGBA
-        w.paths(o, path[None], _EXECUTED_WIDTH, rgba)
-        w.spheres(path[:-1], _EXECUTED_RADIUS * 0.6, rgba)
-        w.spheres(path[-1:], _EXECUTED_RADIUS, rgba)
+        w.paths(o, path[None], thickness * _EXECUTED_WIDTH, rgba)
+        w.spheres(path[:-1], thickness * _EXECUTED_RADIUS * 0.6, rgba)
+        w.spheres(path[-1:], thickness * _EXECUTED_RADIUS, rgba)
 
     if layers.gripper and overlay.gripper is not None:
         # Target opening after the first action: 0 open .. 1 closed (core.envs.EETargets).
@@ -398,7 +401,7 @@ def draw_overlay(
             # At the executed first target (the effector itself hides a marker at its own
             # position); it grows as the commanded grip closes.
             at = overlay.final[overlay.executed, 0] if overlay.executed >= 0 else o
-            radius = _GRIPPER_RADIUS * (0.6 + 0.4 * min(max(g, 0.0), 1.0))
+            radius = thickness * _GRIPPER_RADIUS * (0.6 + 0.4 * min(max(g, 0.0), 1.0))
             w.spheres(at[None], radius, rgba)
     return w.dropped
 
@@ -458,6 +461,7 @@ class SceneRenderer:
         self.set_preset("front")
         self.dropped_geoms = 0
         self.path_scale = 1.0  # see draw_overlay
+        self.thickness = 1.0  # see draw_overlay
 
     # --- lifetime ---------------------------------------------------------------------
     def _open(self, settings: RenderSettings) -> None:
@@ -567,7 +571,9 @@ class SceneRenderer:
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.settings.reflection
         self.dropped_geoms = 0
         if overlay is not None:
-            self.dropped_geoms = draw_overlay(renderer.scene, overlay, layers, self.path_scale)
+            self.dropped_geoms = draw_overlay(
+                renderer.scene, overlay, layers, self.path_scale, self.thickness
+            )
 
     def render(
         self,

@@ -51,6 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--toy", action="store_true", help="the paper's 1-D and 2-D toy examples (no robot)"
     )
     parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the live demo: panes side by side in lockstep (default: w = 0 beside the live "
+        "slider's weight), large captions, a presenter's keys",
+    )
+    parser.add_argument(
+        "--demo-preset",
+        metavar="FILE.toml",
+        help="with --demo: panes, weights, camera, speed and seeds from a preset file "
+        "(presets/ has one per shipped checkpoint)",
+    )
+    parser.add_argument(
         "--open",
         metavar="FILE",
         help="open a saved timeline (every branch, step and setting, and its networks) as it "
@@ -112,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         if ensure_display() is None:
             print("qgf view: error: no display and Xvfb is not installed", file=sys.stderr)
             return 2
+    if args.demo or args.demo_preset:
+        from viewer.demo_app import main as demo_main
+
+        return int(demo_main(args) or 0)
     if args.toy:
         from viewer.toy_app import main as toy_main
 

@@ -328,6 +328,20 @@ class FrameStream:
         frame = np.empty(rgb.shape, np.float32)
         np.multiply(rgb, np.float32(1.0 / 255.0), out=frame)
         t3 = time.perf_counter()
+        self._publish(rgb, frame, spec, (t0, t1, t2, t3), renderer.dropped_geoms)
+
+    def _publish(
+        self,
+        rgb: np.ndarray,
+        frame: np.ndarray,
+        spec: FrameSpec,
+        times: tuple[float, float, float, float],
+        dropped_geoms: int,
+    ) -> None:
+        """Hand a finished frame (``rgb`` uint8 and ``frame`` float32 of it) to the frame
+        hooks and the GUI; ``times``: when the scene build, the GL render, the conversion
+        began and when the conversion ended (``time.perf_counter()``)."""
+        t0, t1, t2, t3 = times
         for hook in list(self.frame_hooks):
             hook(rgb, spec)
         now = time.perf_counter()
@@ -348,7 +362,7 @@ class FrameStream:
                 scene_ms=1000 * (t1 - t0),
                 render_ms=1000 * (t2 - t1),
                 convert_ms=1000 * (t3 - t2),
-                dropped_geoms=renderer.dropped_geoms,
+                dropped_geoms=dropped_geoms,
             )
             self._cv.notify_all()
 
