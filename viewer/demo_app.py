@@ -439,21 +439,22 @@ class DemoApp:
         self.report(f"recording to {path}")
         return path
 
-    def set_render_scale(self, scale: float) -> None:
-        """Render each pane at ``scale`` of the size it is shown at (1 = full)."""
+    def set_render_scale(self, scale: float) -> int:
+        """Render each pane at ``scale`` of the size it is shown at (1 = full); returns the
+        render thread's ticket (``FrameStream.wait_served``)."""
         self.render_scale = float(min(max(scale, MIN_SCALE), 1.0))
         self._scale_changed = time.perf_counter()
         w, h = self._full
-        self.frames.configure(
+        return self.frames.configure(
             width=max(64, int(w * self.render_scale) // 8 * 8),
             height=max(48, int(h * self.render_scale) // 8 * 8),
         )
 
     def _adapt_scale(self) -> None:
         """While playing below the target fps with the renderer the bottleneck, drop the
-        render scale; back to full when paused."""
-        if not self._fit:
-            return
+        render scale; back to full when paused. It holds while recording."""
+        if not self._fit or self.recorder.is_recording:
+            return  # a video's frames must all have one size: the scale holds while recording
         now = time.perf_counter()
         if not self.worker.playing:
             if self.render_scale < 1.0:
