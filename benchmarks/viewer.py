@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--width", type=int, default=1280, help="window width")
     parser.add_argument("--height", type=int, default=800, help="window height")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the live demo instead (qgf view --demo): fps and weight->frame latency for 1, "
+        "2 and 4 panes beside the raw renderer (benchmarks/demo.py; --width/--height default "
+        "to 1920x1080 there)",
+    )
 
 
 def _cpu() -> float:
@@ -180,6 +187,10 @@ def _latency(app, trials: int) -> list[tuple[float, float, float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.demo:
+        from benchmarks import demo
+
+        return demo.run(demo.from_viewer_args(args))
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 

@@ -96,14 +96,15 @@ def font(size: int, bold: bool = False):
 def decorate(tile_rgb: np.ndarray, pane: PaneView, live: bool) -> None:
     """Burn a pane's caption into its frame, in place: estimator and weight large, then Q,
     step and the success tally; a SUCCESS banner when it solved the task; a border when it
-    is the live pane."""
+    is the live pane. Only the caption band and the banner are drawn through PIL (copying
+    a whole 1920-wide frame in and out of PIL cost more than rendering its text)."""
     from PIL import Image, ImageDraw
 
     h, w = tile_rgb.shape[:2]
     big, small = max(12, w // 20), max(10, w // 34)
     pad = max(4, big // 4)
-    band = big + small + 3 * pad
-    img = Image.fromarray(tile_rgb)
+    band = min(h, big + small + 3 * pad)
+    img = Image.fromarray(tile_rgb[:band])
     draw = ImageDraw.Draw(img, "RGBA")
     draw.rectangle((0, 0, w, band), fill=(0, 0, 0, 175))
     colour = _LIVE_RGB if live else (255, 255, 255)
@@ -115,14 +116,16 @@ def decorate(tile_rgb: np.ndarray, pane: PaneView, live: bool) -> None:
         tag = "LIVE"
         tw = draw.textlength(tag, font=font(small, bold=True))
         draw.text((w - pad - tw, pad), tag, font=font(small, bold=True), fill=_LIVE_RGB)
+    tile_rgb[:band] = np.asarray(img)
     if pane.success or pane.done:
         text = "SUCCESS" if pane.success else "not solved"
-        fill = (*_SUCCESS_RGB, 225) if pane.success else (90, 90, 90, 200)
-        bh = int(big * 1.8)
-        draw.rectangle((0, h - bh, w, h), fill=fill)
+        fill = _SUCCESS_RGB if pane.success else (90, 90, 90)
+        bh = min(h - band, int(big * 1.8))
+        banner = Image.new("RGB", (w, bh), fill)
+        draw = ImageDraw.Draw(banner)
         tw = draw.textlength(text, font=font(big, bold=True))
-        draw.text(((w - tw) / 2, h - bh + (bh - big) / 2 - 2), text, font=font(big, True))
-    tile_rgb[...] = np.asarray(img)
+        draw.text(((w - tw) / 2, (bh - big) / 2 - 2), text, font=font(big, True))
+        tile_rgb[h - bh :] = np.asarray(banner)
     if live:
         draw_border(tile_rgb, _LIVE_RGB, width=max(3, w // 160))
 
