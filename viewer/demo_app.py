@@ -120,11 +120,12 @@ def decorate(tile_rgb: np.ndarray, pane: PaneView, live: bool) -> None:
     if pane.success or pane.done:
         text = "SUCCESS" if pane.success else "not solved"
         fill = _SUCCESS_RGB if pane.success else (90, 90, 90)
-        bh = min(h - band, int(big * 1.8))
+        bh = min(h - band, int(big * 1.6), h // 8)
         banner = Image.new("RGB", (w, bh), fill)
         draw = ImageDraw.Draw(banner)
-        tw = draw.textlength(text, font=font(big, bold=True))
-        draw.text(((w - tw) / 2, (bh - big) / 2 - 2), text, font=font(big, True))
+        size = min(big, int(bh * 0.7))
+        tw = draw.textlength(text, font=font(size, bold=True))
+        draw.text(((w - tw) / 2, (bh - size) / 2 - size // 8), text, font=font(size, True))
         tile_rgb[h - bh :] = np.asarray(banner)
     if live:
         draw_border(tile_rgb, _LIVE_RGB, width=max(3, w // 160))
