@@ -234,3 +234,22 @@ def test_a_bad_preset_is_refused_before_any_window(tmp_path, capsys):
     assert main(["view", "--demo", "--demo-preset", str(path)]) == 2
     err = capsys.readouterr().err
     assert "field 'pane[1].weight'" in err and "bad.toml" in err
+
+
+@window
+def test_tab_opens_the_debugger_at_this_state_and_comes_back(app):
+    import time
+
+    pause(app)
+    invoke(app._tags["key_tab"])
+    pump(app, lambda: app.debugger is not None, timeout=120)
+    child = app.debugger
+    assert "debugger open" in status(app)
+    end = time.monotonic() + 8
+    while time.monotonic() < end:  # the debugger window runs (a failing one would exit)
+        app.frame()
+    assert child.poll() is None
+    invoke(app._tags["key_tab"])
+    assert app.debugger is None and child.poll() is not None
+    app.frame()
+    assert "back from the debugger" in status(app)

@@ -219,3 +219,30 @@ def test_pane_caption():
         "ood  w = 0.1  best-of-N"
     )
     assert PaneSpec(label="mine").caption() == "mine"
+
+
+def test_debugger_session_is_at_the_live_panes_state(demo):
+    demo.reset(0)
+    for _ in range(3):
+        demo.step()
+    demo.set_weight(0.1)
+    demo.step()
+    demo.step()
+    live = demo.live
+    session = demo.debugger_session()
+    try:
+        # The episode replayed by the debugger's rule, the presenter's change at its step,
+        # and the pane's exact state at the current one.
+        assert session.step_index == live.index == 5
+        np.testing.assert_array_equal(session.current.obs, live.obs)
+        assert [r.settings.weight for r in session.history] == [0.03] * 3 + [0.1] * 2
+        assert session.settings.weight == 0.1 and session.settings.seed == demo.seed
+        assert torch.equal(session.current.sample.noise, live.noise)
+        executed = session.current.sample.executed
+        np.testing.assert_allclose(
+            session.current.sample.guided.final[executed].numpy(), live.chunk.reshape(-1),
+            atol=1e-5,
+        )  # fmt: skip
+    finally:
+        session.close()
+        demo.set_weight(0.03)

@@ -14,13 +14,17 @@ exactly what the audience sees.
 
 Keys: space play/pause; wheel, up/down, right/left, +/- step the live weight along
 ``WEIGHT_GRID``; 1-9 the live estimator; C cycles camera presets (drag orbits, right-drag
-pans); O overlays; N next episode; V record; P screenshot; F11 full screen; H help.
+pans); O overlays; N next episode; Tab the full debugger at this state (and back); V record;
+P screenshot; F11 full screen; H help.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections import deque
@@ -62,7 +66,7 @@ _LIVE_RGB = (60, 210, 255)
 _SUCCESS_RGB = (30, 170, 70)
 _HELP = (
     "space play/pause   wheel, arrows, +/- weight   1-{n} estimator   C camera   O overlays   "
-    "N next episode   V record   P screenshot   F11 full screen"
+    "N next episode   Tab debugger   V record   P screenshot   F11 full screen"
 )
 
 
@@ -243,6 +247,10 @@ class DemoApp:
         self._rendered_seen = 0
         self._slider_weight: float | None = None
         self._saved: Path | None = None
+        # Tab: the debugger runs in a process of its own (one Dear PyGui window per process).
+        self.debugger: subprocess.Popen | None = None
+        self._debugger_file: Path | None = None
+        self._was_playing = False
 
     # --- lifetime -----------------------------------------------------------------------
     def build(self) -> None:
@@ -287,6 +295,7 @@ class DemoApp:
         self._closed = True
         if self.recorder.is_recording:
             self.recorder.stop()
+        self._close_debugger()
         self.worker.close()
         self.frames.close()
         self.session.close()
@@ -304,6 +313,7 @@ class DemoApp:
         self._call("mouse", self._poll_mouse)
         self._call("upload", self._upload)
         self._call("render scale", self._adapt_scale)
+        self._call("debugger", self._watch_debugger)
         self._call("status", self._status)
         for fn in list(self.on_tick):
             self._call("tick", fn, self)
@@ -442,6 +452,64 @@ class DemoApp:
         path = self.recorder.start(default_path(f"demo-{self.session.env_name}"), caption=False)
         self.report(f"recording to {path}")
         return path
+
+    def toggle_debugger(self, *_: Any) -> None:
+        """Tab: open the full debugger (``qgf view``) at the live pane's state, the demo
+        paused; Tab again, or closing the debugger, comes back and play resumes.
+
+        The session is replayed and saved as a timeline on the demo's worker thread
+        (``DemoSession.debugger_session``), then ``qgf view --open`` runs it in a child
+        process: Dear PyGui allows one window per process.
+        """
+        if self.debugger is not None:
+            self._close_debugger()
+            return
+        self._was_playing = self.worker.playing
+        self.worker.pause()
+        self.report("opening the debugger at this state ...")
+        folder = Path(tempfile.mkdtemp(prefix="qgf-demo-"))
+
+        def prepare(demo: DemoSession) -> None:
+            from viewer.timeline_file import save_timeline
+
+            session = demo.debugger_session()
+            try:
+                self._debugger_file = save_timeline(session, folder / "demo.timeline.safetensors")
+            finally:
+                session.close()
+
+        self.worker.submit("debugger", prepare)
+
+    def _watch_debugger(self) -> None:
+        """Start the debugger once its timeline is written; notice when it is closed."""
+        if self._debugger_file is not None and self.debugger is None:
+            path, self._debugger_file = self._debugger_file, None
+            vw, vh = self._viewport()
+            cmd = [sys.executable, "-m", "core.cli", "view", "--open", str(path)]
+            cmd += ["--width", str(vw), "--height", str(vh)]
+            self.debugger = subprocess.Popen(cmd)
+            self.report("debugger open: close it or press Tab to come back")
+        elif self.debugger is not None and self.debugger.poll() is not None:
+            code = self.debugger.returncode
+            self.debugger = None
+            self.report("back from the debugger" + (f" (it exited with {code})" if code else ""))
+            if self._was_playing:
+                self.worker.play()
+
+    def _close_debugger(self) -> None:
+        if self.debugger is None:
+            return
+        if self.debugger.poll() is None:
+            self.debugger.terminate()
+            try:
+                self.debugger.wait(10)
+            except subprocess.TimeoutExpired:
+                self.debugger.kill()
+                self.debugger.wait(10)
+        self.debugger = None
+        self.report("back from the debugger")
+        if self._was_playing and not self._closed:
+            self.worker.play()
 
     def set_render_scale(self, scale: float) -> int:
         """Render each pane at ``scale`` of the size it is shown at (1 = full); returns the
@@ -609,6 +677,7 @@ class DemoApp:
             ("minus", dpg.mvKey_Minus, lambda: self.nudge_weight(-1)),
             ("subtract", dpg.mvKey_Subtract, lambda: self.nudge_weight(-1)),
             ("f11", dpg.mvKey_F11, self.toggle_fullscreen),
+            ("tab", dpg.mvKey_Tab, self.toggle_debugger),
             ("o", dpg.mvKey_O, self.toggle_overlays),
             ("n", dpg.mvKey_N, self.next_episode),
             ("c", dpg.mvKey_C, self.cycle_camera),

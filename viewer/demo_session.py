@@ -46,7 +46,7 @@ from core.defaults import DEFAULT_ENV, default_checkpoint, random_networks
 from core.guidance import ESTIMATORS, DenoiseTrace, guided_sample
 from core.render import CAMERA_PRESETS, Overlay
 from core.step import MAX_CANDIDATES, MAX_STEPS, effector_paths, executed_candidate, step_noise
-from viewer.session import FrameSpec
+from viewer.session import FrameSpec, Session
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -348,6 +348,7 @@ class _Agent:
     policy: torch.nn.Module
     critic: torch.nn.Module
     horizon: int
+    checkpoint: Path | None = None
 
 
 @dataclass
@@ -378,6 +379,9 @@ class Pane:
     chunk_step: int = 0
     overlay: Overlay | None = None
     q: float = float("nan")
+    # The settings the episode started with, and the presenter's changes: (step, changes).
+    start_spec: PaneSpec | None = None
+    changes: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -480,7 +484,7 @@ class DemoSession:
             policy, critic, label = agent.policy, agent.critic, Path(path).name
         for net in (policy, critic):
             net.to(self.device).eval().requires_grad_(False)
-        return _Agent(label, policy, critic, int(policy.horizon))
+        return _Agent(label, policy, critic, int(policy.horizon), path)
 
     # --- reads --------------------------------------------------------------------------
     @property
@@ -522,6 +526,7 @@ class DemoSession:
             obs, _ = envs.reset(pane.env, self.seed)
             pane.obs = np.asarray(obs)
             pane.index, pane.done, pane.success, pane.episode_return = 0, False, False, 0.0
+            pane.start_spec, pane.changes = pane.spec, []
         self._sample(self.panes)
         self._publish()
 
@@ -586,8 +591,48 @@ class DemoSession:
             return
         pane.spec = spec
         if not pane.done:
+            pane.changes.append((pane.index, changes))
             self._sample([pane])
         self._publish()
+
+    def debugger_session(self, index: int | None = None) -> Session:
+        """A debugger ``Session`` (``qgf view``'s model) at pane ``index``'s state (default:
+        the live pane, else the first), for ``Tab`` in the demo window.
+
+        Its episode is this one replayed by the debugger's step rule: the same seed, the
+        pane's settings, the presenter's changes at the steps they were made; then the
+        pane's exact state is taken over at the current step (``Session.take_state``), as
+        the replay matches the demo only to float rounding (about 1e-7 after 40 steps: the
+        two batch their rows differently). Call it on the thread that steps the demo.
+        """
+        from viewer.session import Settings
+
+        pane = self.panes[index if index is not None else (self.preset.live or 0)]
+        start = pane.start_spec
+        settings = Settings(
+            weight=start.weight,
+            estimator=start.estimator,
+            steps=self.preset.steps,
+            candidates=self.preset.candidates,
+            pick_best=start.pick_best,
+            seed=self.seed,
+            env_name=self.env_name,
+            device=str(self.device),
+        )
+        session = Session(pane.agent.checkpoint, settings=settings, env_name=self.env_name)
+        try:
+            for k in range(pane.index + 1):
+                for at, change in pane.changes:
+                    if at == k:
+                        session.update(**change)
+                if k < pane.index:
+                    session.step()
+            if not pane.done:
+                session.take_state(envs.snapshot(pane.env, observation=pane.obs))
+        except Exception:
+            session.close()
+            raise
+        return session
 
     def close(self) -> None:
         for pane in self.panes:

@@ -602,6 +602,16 @@ class Session:
         self._bump()
         return self.current
 
+    def take_state(self, snap: envs.EnvSnapshot) -> StepRecord:
+        """Continue from ``snap``, a state of this env reached elsewhere at the current step
+        (e.g. ``qgf view --demo``'s pane, whose episode this session replayed): it becomes
+        the current state, sampled afresh with the current settings; the history stays."""
+        obs = np.asarray(envs.restore(self.env, snap))
+        self.current = self._arrive(obs, index=len(self.history), chunk_from=None, snap=snap)
+        self.viewing = None
+        self._bump()
+        return self.current
+
     def switch_branch(self, branch_id: int) -> StepRecord:
         """Make branch ``branch_id`` the active one: the env goes to its current state (exact
         restore) and the settings become those it was last sampled with."""
