@@ -46,6 +46,7 @@ format: setup
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy core  # settings in pyproject.toml [tool.mypy]
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -303,7 +303,9 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> N
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            # Named explicitly, so an array called "allow_pickle" is an error, not the flag;
+            # and an object array, which np.load would refuse to read back, fails here.
+            np.savez_compressed(f, allow_pickle=False, **arrays)
 
     atomic_write(path, write)
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.module_tracker import ModuleTracker
 
 from core.guidance import ESTIMATORS, GuidanceStep, QFn, VelocityFn, euler, guided_sample
 
@@ -331,13 +333,12 @@ class FlopCount:
     flops: float
 
 
-class _GlobalOnly:
-    """Stands in for ``FlopCounterMode``'s per-module tracker. That tracker hooks the backward
-    of every module output, and such hooks make ``autograd.grad(..., inputs=leaf)`` fail
-    (torch 2.13: "A leaf node was passed to _will_engine_execute_node"), which is how the
-    estimators differentiate. Counting everything under "Global" needs no hooks."""
-
-    parents = frozenset({"Global"})
+class _GlobalOnly(ModuleTracker):
+    """``FlopCounterMode``'s per-module tracker without its hooks. That tracker hooks the
+    backward of every module output, and such hooks make ``autograd.grad(..., inputs=leaf)``
+    fail (torch 2.13: "A leaf node was passed to _will_engine_execute_node"), which is how
+    the estimators differentiate. Counting everything under "Global" (the ``parents`` that
+    ``ModuleTracker.__init__`` starts with) needs no hooks."""
 
     def __enter__(self) -> _GlobalOnly:
         return self
@@ -397,9 +398,7 @@ def flops_per_action(
     for name, n in runs:
         noise = _noise(None, generator, states * n, action_dim, obs)
         total = count_flops(
-            lambda name=name, n=n, noise=noise: guided_sample(
-                velocity, q, obs, name, weight, steps, noise, best_of=n
-            )
+            partial(guided_sample, velocity, q, obs, name, weight, steps, noise, best_of=n)
         )
         label = name if n == 1 else f"{name}+best_of_{n}"
         rows.append(FlopCount(label, name, n, steps, total / states))

@@ -224,6 +224,7 @@ class _EnsembleCriticGrad(CriticGrad):
             elif isinstance(layer, nn.GELU):
                 self.forward.append(("gelu", layer.approximate))
             else:
+                assert isinstance(layer, EnsembleLayerNorm)  # see _ENSEMBLE_LAYERS
                 self.forward.append(("norm", [layer.dim], layer.weight, layer.bias, layer.eps))
         # backward[e]: head e's layers in reverse as (kind, parameter view, extra).
         self.backward: list[list[tuple]] = []
@@ -237,6 +238,7 @@ class _EnsembleCriticGrad(CriticGrad):
                 elif isinstance(layer, nn.GELU):
                     plan.append(("gelu", None, layer.approximate))
                 else:
+                    assert isinstance(layer, EnsembleLayerNorm)
                     plan.append(("norm", layer.weight[e, 0], layer.dim))
             self.backward.append(plan)
 
@@ -262,11 +264,14 @@ class _EnsembleCriticGrad(CriticGrad):
     def _head_backward(self, saved: list[tuple], head: int, rows: Tensor | None, n: int) -> Tensor:
         """``[n, A]`` gradient of head ``head``'s Q for the ``n`` rows ``rows`` (None: all)."""
 
-        def gathered(t: Tensor) -> Tensor:
-            return t[head].index_select(0, rows)
-
         # This head's rows of a saved activation [E, B, ...] (a view when all rows).
-        act = operator.itemgetter(head) if rows is None else gathered
+        act: Callable[[Tensor], Tensor] = operator.itemgetter(head)
+        if rows is not None:
+            index = rows
+
+            def act(t: Tensor) -> Tensor:
+                return t[head].index_select(0, index)
+
         pending = iter(reversed(saved))
         plan = self.backward[head]
         # d Q / d (last hidden) is the output layer's weight row, the same for every row.
@@ -643,6 +648,12 @@ class _Run:
             & self.q_final.isfinite().all()
         )
 
+    def finite_rows(self) -> Tensor:
+        """``[B*]`` rows that stayed finite throughout (careful runs only)."""
+        if self.guided is None or self.moved is None:
+            raise ValueError("only a careful run checks its rows")
+        return self.guided & self.moved & self.q_final.isfinite()
+
 
 def _denoise(
     velocity: VelocityFn,
@@ -784,7 +795,7 @@ def guided_sample(
             # Rows are independent, so redoing the batch with the per-row checks changes
             # nothing for the rows that were finite, and finds and contains the others.
             run = _denoise(*args, careful=True)
-            nonfinite = ~(run.guided & run.moved & run.q_final.isfinite())
+            nonfinite = ~run.finite_rows()
         final, q_final = run.final, run.q_final
         # A non-finite candidate is never chosen over a finite one.
         score = torch.where(nonfinite, float("-inf"), q_final)

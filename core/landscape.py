@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -135,6 +136,7 @@ class Landscape:
         }
         if self.density is not None:
             out["density"] = self.density
+        if self.density_points is not None:
             out["density_points"] = self.density_points
         return out
 
@@ -336,6 +338,7 @@ def figure(
                 landscape.xs, landscape.ys, landscape.density, levels=np.unique(levels),
                 colors="white", linewidths=0.9, alpha=0.85,
             )  # fmt: skip
+        if landscape.density_points is not None:
             ax.plot(*landscape.density_points.T, ".", color="white", ms=2.5, alpha=0.7)
         if paths is not None:
             _draw_paths(ax, paths)
@@ -364,6 +367,7 @@ def _draw_paths(ax, paths: SlicePaths) -> None:
     if paths.ghost_a_hat is not None:
         for n in range(paths.ghost_a_hat.shape[1]):
             ax.plot(*paths.ghost_a_hat[:, n].T, "-", color=GHOST_COLOUR, lw=0.9, alpha=0.8)
+    if paths.ghost_final is not None:
         ax.plot(*paths.ghost_final.T, "o", mfc="none", mec=GHOST_COLOUR, ms=5, label="w = 0")
     for n in range(paths.a_hat.shape[1]):
         for k in range(steps - 1):
@@ -505,7 +509,7 @@ def write_episode_slices(
         for w, p in s.paths.items():
             fig = figure(s.landscape, p, f"{title}, step {s.step}, {p.label}", dim_names)
             path = out / f"step{s.step}-w{w:g}.png"
-            written.append(atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, dpi=100)))
+            written.append(atomic_write(path, partial(fig.savefig, dpi=100)))
             for name in ("a_hat", "final", "ghost_a_hat", "ghost_final", "grad", "off_manifold"):
                 value = getattr(p, name)
                 if value is not None:

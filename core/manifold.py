@@ -201,7 +201,8 @@ class DataManifold:
         quantile: the quantile of ``calibration`` that set ``threshold``.
         calibration: ``[M]`` distances of held-out dataset pairs (sorted ascending).
         source_rows: ``[N]`` for each reference row, its row in the arrays given to ``fit``
-            (to look up anything else the dataset recorded there); -1 when unknown.
+            (to look up anything else the dataset recorded there); -1 when unknown (all -1
+            when not given).
         calibration_rows: ``[M]`` the rows of the held-out pairs, in the same sense.
     """
 
@@ -214,7 +215,7 @@ class DataManifold:
     threshold: float = math.inf
     quantile: float = DEFAULT_QUANTILE
     calibration: Tensor = field(default_factory=lambda: torch.empty(0))
-    source_rows: Tensor | None = None
+    source_rows: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     calibration_rows: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     env_action_dim: int = field(init=False)
     _keys_t: Tensor = field(init=False, repr=False)
@@ -229,7 +230,7 @@ class DataManifold:
             )
         if self.states.shape[0] == 0:
             raise ValueError("the reference set is empty")
-        if self.source_rows is None:
+        if self.source_rows.numel() == 0:
             self.source_rows = torch.full(
                 (self.states.shape[0],), -1, dtype=torch.long, device=self.states.device
             )

@@ -288,7 +288,7 @@ class _PanelRun:
     renderer: SceneRenderer
     shown: mujoco.MjData  # the state frame k shows, copied before the env steps on
     image: np.ndarray  # [height + caption, width, 3]: the panel as last drawn
-    obs: np.ndarray | None = None
+    obs: np.ndarray = field(default_factory=lambda: np.empty(0))  # set by Recording._reset
     done: bool = False
     success: bool = False
     final_drawn: bool = False
@@ -352,7 +352,10 @@ class Recording:
         self.off_manifold = off_manifold
         self.env_name = env_name
         self.label = label or env_label(env_name)
-        self.action_dim = int(policy.action_dim)
+        action_dim = policy.action_dim
+        if not isinstance(action_dim, int):
+            raise TypeError(f"the policy's action_dim must be an int, got {action_dim!r}")
+        self.action_dim = action_dim
         self.runs: list[_PanelRun] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qgf-sampler")
         self.sampler_s = 0.0  # sampling time on the worker thread (env steps not included)
@@ -436,7 +439,9 @@ class Recording:
             if s.layers.off_manifold and self.off_manifold is not None:
                 flags = self.off_manifold(o.expand(s.candidates, -1), draw.guided.final).cpu()
             guided = draw.guided.to("cpu")
-            ghost = draw.ghost.to("cpu").final.numpy() if s.layers.ghost else None
+            ghost = None
+            if s.layers.ghost and draw.ghost is not None:
+                ghost = draw.ghost.to("cpu").final.numpy()
             paths = effector_paths(run.env, guided.a_hat.numpy(), guided.final.numpy(), ghost)
             overlay = paths.overlay(
                 draw.executed,
@@ -555,21 +560,24 @@ class Recording:
         s = self.settings
         self._reset(episode)
         clock.lap("env")
-        sampled = self._submit(self.runs, episode, 0).result()
+        first = self._submit(self.runs, episode, 0).result()
         clock.lap("policy")
-        for run, part in zip(self.runs, sampled, strict=True):
+        for run, part in zip(self.runs, first, strict=True):
             run.caption = self._caption(run, 0, part.q, False, False, episode)
         clock.lap("caption")
+        sampled: list[_Sampled] | None = first  # None between chunk starts
         k = 0
         while True:
             active = [r for r in self.runs if not r.done]
             if active and k % self.horizon == 0:
+                assert sampled is not None  # _advance samples the runs going at a chunk start
                 self._apply(active, sampled)
                 clock.lap("overlay")
             actions = []
             for run in active:
                 u = run.env.unwrapped
                 mujoco.mj_copyData(run.shown, u._model, u._data)
+                assert run.chunk is not None  # taken by _apply at the chunk's first step
                 actions.append(run.chunk[k % self.horizon].astype(np.float64))
             pending = self._pool.submit(self._advance, active, actions, episode, k + 1)
             clock.lap("env")
@@ -594,6 +602,7 @@ class Recording:
                 run.actions.append(action)
                 run.step += 1
                 run.ret += float(reward)
+                assert run.q is not None  # as run.chunk
                 run.qs.append(run.q)
                 run.success = _success(outcome)
                 run.caption = caption

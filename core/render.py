@@ -52,6 +52,10 @@ NONFINITE_RGBA = (1.0, 0.0, 1.0, 1.0)
 GRIPPER_OPEN_RGBA = (0.1, 0.95, 0.35, 0.9)
 GRIPPER_CLOSE_RGBA = (1.0, 0.55, 0.0, 0.9)
 
+# One colour (``[4]``, a tuple like the constants above or an array) or one per geom
+# (``[K, 4]`` array).
+Rgba = tuple[float, float, float, float] | np.ndarray
+
 _FAST_SLICES, _FAST_STACKS = 8, 4
 
 CAMERA_PRESETS = ("front", "side", "top", "follow")
@@ -68,7 +72,7 @@ _WORKSPACE_CENTRE = np.array([0.38, 0.0, 0.18])
 EFFECTOR_SITE = "ur5e/robotiq/pinch"
 
 
-def time_color(t: float | np.ndarray, alpha: float = 1.0) -> np.ndarray:
+def time_color(t: float | np.ndarray, alpha: float | np.ndarray = 1.0) -> np.ndarray:
     """RGBA colour of denoising time ``t`` in [0, 1] (scalar -> ``[4]``, ``[K]`` -> ``[K, 4]``)."""
     t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
     x = t * (len(_TIME_STOPS) - 1)
@@ -253,12 +257,12 @@ class _GeomWriter:
         geom.category = mujoco.mjtCatBit.mjCAT_DECOR
         geom.segid = -1
 
-    def _colours(self, rgba, count: int) -> np.ndarray:
+    def _colours(self, rgba: Rgba, count: int) -> np.ndarray:
         """``[count, 4]`` float32: one colour repeated, or one per geom as given."""
         rgba = np.asarray(rgba, dtype=np.float32)
         return np.broadcast_to(rgba, (count, 4)) if rgba.ndim == 1 else rgba.reshape(count, 4)
 
-    def segments(self, a: np.ndarray, b: np.ndarray, width: float, rgba) -> None:
+    def segments(self, a: np.ndarray, b: np.ndarray, width: float, rgba: Rgba) -> None:
         """Capsules from ``a [K, 3]`` to ``b [K, 3]``, skipping non-finite or zero-length ones;
         ``rgba`` is ``[4]`` or ``[K, 4]``."""
         a = np.ascontiguousarray(a, dtype=np.float64).reshape(-1, 3)
@@ -277,7 +281,7 @@ class _GeomWriter:
             self._finish(geom)
         self.scene.ngeom = start + fit
 
-    def spheres(self, p: np.ndarray, radius: float, rgba) -> None:
+    def spheres(self, p: np.ndarray, radius: float, rgba: Rgba) -> None:
         """Spheres at ``p [K, 3]``, non-finite ones skipped; ``rgba`` is ``[4]`` or ``[K, 4]``."""
         p = np.ascontiguousarray(p, dtype=np.float64).reshape(-1, 3)
         rgba = self._colours(rgba, len(p))
@@ -292,7 +296,7 @@ class _GeomWriter:
             self._finish(geom)
         self.scene.ngeom = start + fit
 
-    def paths(self, origin: np.ndarray, points: np.ndarray, width: float, rgba) -> None:
+    def paths(self, origin: np.ndarray, points: np.ndarray, width: float, rgba: Rgba) -> None:
         """Per path ``origin -> points[i, 0] -> .. -> points[i, H-1]`` (``points [K, H, 3]``);
         ``rgba`` is ``[4]`` or one per path ``[K, 4]``."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, *np.shape(points)[-2:])
@@ -307,14 +311,14 @@ def _scaled(overlay: Overlay, k: float) -> Overlay:
     """The overlay with every path point moved to ``origin + k * (point - origin)``."""
     o = overlay.origin
 
-    def grow(p: np.ndarray | None) -> np.ndarray | None:
-        return None if p is None else o + k * (p - o)
+    def grow(p: np.ndarray) -> np.ndarray:
+        return o + k * (p - o)
 
     return replace(
         overlay,
         denoise=grow(overlay.denoise),
         final=grow(overlay.final),
-        ghost=grow(overlay.ghost),
+        ghost=None if overlay.ghost is None else grow(overlay.ghost),
         polylines=list(overlay.polylines),
     )
 
@@ -368,13 +372,13 @@ def draw_overlay(
         live = ~broken
         # Early steps are noisy guesses: fainter, so the converged estimate reads first.
         t = np.arange(steps) / steps
-        rgba = np.repeat(time_color(t, alpha=0.35 + 0.6 * t), int(live.sum()), axis=0)
+        rgba: Rgba = np.repeat(time_color(t, alpha=0.35 + 0.6 * t), int(live.sum()), axis=0)
         points = overlay.denoise[:, live]  # [T, live, H, 3]
         w.paths(o, points, thickness * _DENOISE_WIDTH, rgba)
         w.spheres(points[:, :, -1], thickness * _POINT_RADIUS * 0.8, rgba)
 
     if layers.final:
-        groups = (
+        groups: tuple[tuple[np.ndarray, Rgba], ...] = (
             (~flagged & ~broken, time_color(1.0)),
             (flagged & ~broken, OFF_MANIFOLD_RGBA),
             (broken, NONFINITE_RGBA),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -21,13 +21,13 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def half_width(values: Sequence[float], z: float = Z95) -> float:
+def half_width(values: npt.ArrayLike, z: float = Z95) -> float:
     """Half-width of the normal-approximation interval of a mean (0 when n < 2)."""
     x = np.asarray(values, dtype=np.float64)
     return float(z * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
+def mean_interval(values: npt.ArrayLike, z: float = Z95) -> tuple[float, float]:
     """Normal-approximation 95% interval of a mean (the mean twice when n < 2)."""
     x = np.asarray(values, dtype=np.float64)
     if len(x) < 2:

@@ -446,7 +446,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def read_rows(out: str | os.PathLike) -> list[dict]:
     """Every finished cell's row under ``out``, sorted by checkpoint, estimator, weight, seed."""
-    rows = []
+    rows: list[dict] = []
     for file in sorted((Path(out) / CELLS_DIR).glob("*/*/*.jsonl")):
         if file.name.startswith("."):  # atomic_write's temporary file (.NAME.*.tmp.jsonl)
             continue
@@ -502,11 +502,16 @@ def connect(address: str | None = None, cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # Workers' output would tear the progress bar; a cell's error comes back with the task.
-    common = dict(logging_level=logging.ERROR, log_to_driver=False)
+    # Workers' output would tear the progress bar; a cell's error comes back with the task:
+    # logging_level ERROR and no log_to_driver, either way.
     if address:
         core_dir = str(Path(__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [core_dir]}, **common)
+        ray.init(
+            address=address,
+            runtime_env={"py_modules": [core_dir]},
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
     else:
         # "local": never attach to some other cluster that happens to run on this machine.
         # Workers import `core` from where the driver did, whatever is installed.
@@ -517,7 +522,8 @@ def connect(address: str | None = None, cpus: int | None = None) -> None:
             num_cpus=cpus,
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": path}},
-            **common,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
         )
 
 

@@ -133,8 +133,8 @@ class GaussianMixture:
         return self.means.shape[0]
 
     def _params(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        cast = {"dtype": like.dtype, "device": like.device}
-        return self.means.to(**cast), self.stds.to(**cast), self.weights.to(**cast)
+        # ``.to(like)``: like's dtype and device.
+        return self.means.to(like), self.stds.to(like), self.weights.to(like)
 
     def component_log_prob(self, x: Tensor) -> Tensor:
         """``[N, K]``: ``log pi_k + log N(x; mu_k, sigma_k^2 I)`` for ``x [N, d]``."""
@@ -237,6 +237,8 @@ class MixtureFlow(nn.Module):
 
 class DistanceCritic(nn.Module):
     """The exact critic ``Q(obs, a) = -||a - a*||`` (``obs`` ignored): ``[B, d] -> [B]``."""
+
+    a_star: Tensor  # a buffer
 
     def __init__(self, a_star: Sequence[float] | Tensor) -> None:
         super().__init__()

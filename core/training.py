@@ -400,9 +400,9 @@ def train(
     if sample is None:
         rng = np.random.default_rng(config.seed)
         n = np.asarray(dataset["observations"]).shape[0]
-        rows = np.sort(rng.choice(n, size=min(config.sample_size, n), replace=False))
+        picked = np.sort(rng.choice(n, size=min(config.sample_size, n), replace=False))
         sample = DatasetSample(
-            np.asarray(dataset["observations"])[rows], np.asarray(dataset["actions"])[rows]
+            np.asarray(dataset["observations"])[picked], np.asarray(dataset["actions"])[picked]
         )
 
     learner = Learner(config, obs_dim, action_dim).to(device)

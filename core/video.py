@@ -202,7 +202,7 @@ class _Mp4Encoder:
     def write(self, frame: np.ndarray) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         try:
-            self.proc.stdin.write(memoryview(frame).cast("B"))
+            self.proc.stdin.write(frame.data.cast("B"))
         except (BrokenPipeError, OSError) as err:
             raise RuntimeError(
                 f"ffmpeg stopped accepting frames: {self._log_tail() or err}"

@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
             if s["noise_sensitivity"]
             else "-"
         )
-        flops = f"{r.flops_per_action / report.flops_unguided:.1f}x" if r.flops_per_action else "-"
+        flops = "-"
+        if r.flops_per_action and report.flops_unguided:
+            flops = f"{r.flops_per_action / report.flops_unguided:.1f}x"
         print(
             f"{r.name:<14}{s['q_final']['mean']:>10.3f}{report.q_gap(r.name)['mean']:>10.3f}"
             f"{_num(s['distance']['mean'], '.3f'):>8}"

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     label = env_label(env_name)
-    if policy is None:
+    if policy is None or critic is None:  # --random-weights
         policy, critic = _random_networks(env_name, device)
         label += ", random weights"
     off_manifold = None

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         elif typing.get_origin(hint) is tuple:
             kind = typing.get_args(hint)[0]
+            assert isinstance(f.default, tuple)  # every TrainConfig field has a default
             default = ",".join(str(x) for x in f.default)
             group.add_argument(
                 flag, type=_parse_tuple(kind), default=f.default, help=f"default {default}"
