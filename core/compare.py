@@ -63,7 +63,8 @@ class CompareRow:
         label: the estimator's name, ``best-of-N`` with N written out (``best-of-8``), or
             ``one-step``.
         estimator: the estimator sampled (``none`` for best-of-N and one-step).
-        best_of: the row executes the candidate of highest Q (best-of-N) rather than 0.
+        pick_best: the row executes the candidate of highest Q (best-of-N) rather than 0
+            (a bool, as ``StepSettings.pick_best``; N itself is ``trace.best_of``).
         trace: the ``DenoiseTrace`` of the N candidates (one row, ``B* = N``), on the CPU.
         executed: index in 0..N-1 of the executed candidate.
         q_denoise: ``[T+1, N]`` Q(s, a_hat_k) for k = 0..T-1, then Q(s, final action).
@@ -77,7 +78,7 @@ class CompareRow:
 
     label: str
     estimator: str
-    best_of: bool
+    pick_best: bool
     trace: DenoiseTrace
     executed: int
     q_denoise: Tensor
@@ -300,7 +301,7 @@ def compare_estimators(
     def sample(name: str, w: float, noise_rows: Tensor, best_of: int) -> DenoiseTrace:
         return guided_sample(velocity, q, o, name, w, steps, noise_rows, best_of=best_of, clip=clip)
 
-    # (label, estimator, best-of, weight, noise of one timed action, FLOP-count label)
+    # (label, estimator, pick_best, weight, noise of one timed action, FLOP-count label)
     plans = [(name, name, False, weight, a0[:1], name) for name in names]
     plans.append((best_of_label(n), "none", True, 0.0, a0, oracle_label))
     traces, times = [], []
@@ -332,19 +333,19 @@ def compare_estimators(
         found = manifold.query(o.expand(finals.shape[0] * n, -1), finals.reshape(-1, width))
 
     rows = []
-    for i, (label, estimator, best, _, _, flop_label) in enumerate(plans):
+    for i, (label, estimator, pick_best, _, _, flop_label) in enumerate(plans):
         trace = traces[i]
         rows.append(
             CompareRow(
                 label=label,
                 estimator=estimator,
-                best_of=best,
+                pick_best=pick_best,
                 trace=trace.to("cpu"),
-                executed=int(trace.chosen[0]) if best else 0,
+                executed=int(trace.chosen[0]) if pick_best else 0,
                 q_denoise=torch.cat([q_hat[i], trace.q_final[None]]).cpu(),
                 distance=None if found is None else found.distance.view(-1, n)[i].cpu(),
                 off_manifold=None if found is None else found.off_manifold.view(-1, n)[i].cpu(),
-                cosine=None if best else cosine.get(estimator),
+                cosine=None if pick_best else cosine.get(estimator),
                 ms_per_action=times[i],
                 flops_per_action=float(flops[flop_label]),
             )

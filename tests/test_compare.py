@@ -53,8 +53,8 @@ def comparison(nets, manifold, state) -> Comparison:
 def test_one_row_per_registered_estimator_then_best_of_n(comparison):
     assert comparison.labels == [*ESTIMATORS, best_of_label(N)] and best_of_label(N) == "best-of-5"
     oracle = comparison.rows[-1]
-    assert oracle.best_of and oracle.estimator == "none"
-    assert not any(r.best_of for r in comparison.rows[:-1])
+    assert oracle.pick_best and oracle.estimator == "none"
+    assert not any(r.pick_best for r in comparison.rows[:-1])
     assert comparison.row("qgf").estimator == "qgf"
     with pytest.raises(KeyError):
         comparison.row("nope")
@@ -65,7 +65,7 @@ def test_every_row_starts_from_the_same_noise_and_is_the_samplers_trace(nets, co
     for row in comparison.rows:
         assert torch.equal(row.trace.a_t[0], noise), row.label
         assert row.a_hat.shape == (T, N, ACT) and row.q_denoise.shape == (T + 1, N)
-        w = 0.0 if row.best_of else WEIGHT
+        w = 0.0 if row.pick_best else WEIGHT
         again = guided_sample(*nets, obs[None], row.estimator, w, T, noise, best_of=N)
         torch.testing.assert_close(row.trace.a_t, again.a_t)
 
@@ -122,7 +122,7 @@ def test_flops_and_noise_sensitivity_are_the_diagnostics(nets, comparison, state
     )
     by_label = {f.label: f.flops for f in counted}
     for row in comparison.rows:
-        key = f"none+best_of_{N}" if row.best_of else row.label
+        key = f"none+best_of_{N}" if row.pick_best else row.label
         assert row.flops_per_action == by_label[key]
     assert comparison.rows[-1].flops_per_action > comparison.row("none").flops_per_action
 

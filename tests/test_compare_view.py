@@ -108,8 +108,8 @@ def test_polylines_are_magnified_like_the_candidates(live):
 
 def test_acting_row():
     c = SimpleNamespace(
-        rows=[SimpleNamespace(label=name, estimator=name, best_of=False) for name in ESTIMATORS]
-        + [SimpleNamespace(label=best_of_label(N), estimator="none", best_of=True)]
+        rows=[SimpleNamespace(label=name, estimator=name, pick_best=False) for name in ESTIMATORS]
+        + [SimpleNamespace(label=best_of_label(N), estimator="none", pick_best=True)]
     )
     assert acting_label(Settings(estimator="ood"), c) == "ood"
     assert acting_label(Settings(estimator="none", pick_best=True), c) == best_of_label(N)

@@ -74,7 +74,7 @@ _NA = "-"
 
 def row_rgba(comparison: Comparison, i: int) -> tuple[float, float, float, float]:
     """The colour of row ``i`` (table, plot and scene)."""
-    if comparison.rows[i].best_of:
+    if comparison.rows[i].pick_best:
         return BEST_OF_RGBA
     if comparison.rows[i].label == ONESTEP:
         return ONESTEP_RGBA
@@ -124,7 +124,7 @@ def acting_label(settings: Settings, comparison: Comparison) -> str | None:
     """The row that acts under ``settings``: the estimator's (best-of-N off), best-of-N
     (estimator ``none`` with best-of-N on), or None (another estimator with best-of-N)."""
     for row in comparison.rows:
-        if row.best_of == settings.pick_best and row.estimator == settings.estimator:
+        if row.pick_best == settings.pick_best and row.estimator == settings.estimator:
             return row.label
     return None
 
@@ -331,7 +331,7 @@ class CompareView:
         s = result.settings
         self.app.select_estimator(
             row.estimator,
-            row.best_of,
+            row.pick_best,
             weight=s.weight,
             steps=s.steps,
             candidates=s.candidates,
