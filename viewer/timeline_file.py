@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load as load_tensors
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file as save_tensors
 from torch import nn
 
@@ -69,7 +68,6 @@ FORMAT = "qgf-timeline"
 VERSION = 1
 SUFFIX = ".timeline.safetensors"
 TIMELINE_DIR = "timelines"
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 # What the format stores of each class, by field. Saving checks that these are all of the
 # class's fields, so a field added to a record cannot be silently dropped from files.
@@ -473,27 +471,56 @@ def save_timeline(
 # --------------------------------------------------------------------------------- opening
 
 
-def _header(data: bytes, name: str) -> dict[str, Any]:
-    """The safetensors header of ``data``, checked for what a timeline needs: a header that
-    fits, the qgf timeline format, a version this code reads, and every tensor's bytes."""
-    size = len(data)
-    if size < 8:
-        raise TimelineError(f"{name} is not a qgf timeline: {size} bytes, too short for a header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(size - 8, _MAX_HEADER):
-        raise TimelineError(
-            f"{name} is not a qgf timeline, or is truncated: its header claims {n} bytes and "
-            f"{size - 8} follow"
-        )
+# What safetensors' header errors mean for a file that should be a timeline, by the reason
+# safetensors gives ("Error while deserializing header: <reason>"). It checks the header's
+# length, its JSON, every tensor entry, and that the byte ranges cover the file exactly.
+_SAFETENSORS_REASONS = (
+    ("header too small", "is not a qgf timeline, or is truncated: too short for a header"),
+    (
+        "header too large",
+        "is not a qgf timeline: its first 8 bytes claim a header larger than safetensors allows",
+    ),
+    (
+        "invalid header length",
+        "is not a qgf timeline, or is truncated: its header runs past the end",
+    ),
+    ("incomplete metadata", "is truncated or damaged: its size is not what its header describes"),
+    (
+        "invalid json",
+        "is damaged or not a qgf timeline: its header is not JSON, or a tensor entry of its "
+        "header is malformed",
+    ),
+    ("invalid utf-8", "is damaged or not a qgf timeline: its header is not UTF-8 text"),
+)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The ``__metadata__`` and the tensors of the timeline file ``path``, read by safetensors;
+    the tensors only once the metadata is a timeline's (``_check_format``). Safetensors'
+    errors become ``TimelineError`` saying what they mean for a timeline."""
+    size = path.stat().st_size  # OSError when the file cannot be read
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TimelineError(f"{name} is not a qgf timeline: its header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise TimelineError(f"{name} is not a qgf timeline: its header is not a table")
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            _check_format(meta, str(path))
+            try:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            except (SafetensorError, TypeError, ValueError) as e:  # e.g. a dtype numpy lacks
+                raise TimelineError(f"{path} is damaged: its tensors cannot be read ({e})") from e
+            return meta, tensors
+    except SafetensorError as e:
+        reason = str(e).partition("header: ")[2] or str(e)
+        what = next(
+            (text for key, text in _SAFETENSORS_REASONS if reason.lower().startswith(key)),
+            "is damaged or not a qgf timeline",
+        )
+        raise TimelineError(f"{path} {what} ({size} bytes; safetensors: {reason})") from e
+
+
+def _check_format(meta: Mapping[str, str], name: str) -> None:
+    """That the metadata is a qgf timeline's, in a version this code reads."""
+    found = meta.get("format")
+    if found != FORMAT:
         raise TimelineError(
             f"{name} is not a qgf timeline (format {found!r}, expected {FORMAT!r})"
             + ("; it looks like a checkpoint's weights file" if found is None else "")
@@ -510,24 +537,6 @@ def _header(data: bytes, name: str) -> dict[str, Any]:
         raise TimelineError(
             f"{name}: timeline format version {version} is not one this qgf reads ({VERSION})"
         )
-    try:
-        need = (
-            8
-            + n
-            + max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
-        )
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise TimelineError(
-            f"{name} is damaged: a tensor entry of its header is malformed ({e!r})"
-        ) from e
-    if size < need:
-        raise TimelineError(f"{name} is truncated: {size} bytes, its header describes {need}")
-    if size > need:
-        raise TimelineError(f"{name} is damaged: {size - need} bytes after the last tensor")
-    return meta
 
 
 class _Reader:
@@ -746,12 +755,7 @@ def read_timeline(
         OSError: the file cannot be read.
     """
     path = Path(path)
-    data = path.read_bytes()
-    meta = _header(data, str(path))
-    try:
-        tensors = load_tensors(data)
-    except Exception as e:  # safetensors raises its own error types
-        raise TimelineError(f"{path} is damaged: its tensors cannot be read ({e})") from e
+    meta, tensors = _read_safetensors(path)
     document = meta.get("document")
     if not isinstance(document, str) or _digest(document, tensors) != meta.get("sha256"):
         raise TimelineError(
