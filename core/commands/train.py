@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset .npz (or a directory); default ~/.ogbench/data")
     parser.add_argument("--out", required=True, help="checkpoint directory (resumed if present)")
     common.add_device(parser)
-    common.add_threads(parser, None)
+    common.add_threads(
+        parser,
+        None,
+        "measured on a 2-core machine that other jobs kept busy (load 5-8), 300 steps of the "
+        "default model on a 3-episode dataset: 1 thread 4.1-7.3 steps/s, 2 threads 0.5-1.4 "
+        "steps/s; pass 1 on a shared machine",
+    )
     parser.add_argument("--log-dir", help="live CSV/TensorBoard logs (default runs/<out name>)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
