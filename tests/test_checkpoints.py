@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 
 from core.checkpoints import (
     CONFIG_FILE,
@@ -31,22 +32,13 @@ ENV = "cube-single-play-singletask-task2-v0"
 
 def make_config(**overrides) -> CheckpointConfig:
     values = dict(
-        env=ENV,
-        dataset="cube-single-play-v0",
-        task=2,
         obs_dim=7,
-        action_dim=5,
-        horizon=1,
-        hidden=[16, 16],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
         flow_steps=10,
         training_steps=3,
         data_fingerprint={"arrays_sha256": "x"},
     )
     values.update(overrides)
-    return CheckpointConfig(**values)
+    return tiny_config(**values)
 
 
 def write(path: Path, optimizer: bool = False, **overrides):

@@ -3,21 +3,17 @@ its paths lie, and when it stops applying."""
 
 from __future__ import annotations
 
-import os
+from types import SimpleNamespace
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
+import pytest
+import torch
 
-from types import SimpleNamespace  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from core import envs  # noqa: E402
-from core.compare import best_of_label  # noqa: E402
-from core.guidance import ESTIMATORS  # noqa: E402
-from core.manifold import DataManifold  # noqa: E402
-from viewer.compare_view import (  # noqa: E402
+from core import envs
+from core.compare import best_of_label
+from core.guidance import ESTIMATORS
+from core.manifold import DataManifold
+from viewer.compare_view import (
     CompareView,
     acting_label,
     cells,
@@ -25,7 +21,7 @@ from viewer.compare_view import (  # noqa: E402
     compare_polylines,
     compare_step,
 )
-from viewer.session import Session, Settings  # noqa: E402
+from viewer.session import Session, Settings
 
 pytestmark = pytest.mark.slow
 

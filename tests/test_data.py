@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
 import numpy as np
 import pytest
 

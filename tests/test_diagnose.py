@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from matplotlib.image import imread
 
 from core.checkpoints import (
-    CheckpointConfig,
     DatasetSample,
     load_checkpoint,
     load_dataset_sample,
@@ -47,19 +47,11 @@ SHIPPED = _shipped()
 
 def _tiny_checkpoint(path: Path, horizon: int = 1) -> Path:
     torch.manual_seed(0)
-    config = CheckpointConfig(
-        env="cube-single-play-singletask-task2-v0",
-        dataset="cube-single-play-v0",
-        task=2,
+    config = tiny_config(
         obs_dim=6,
         action_dim=2,
         horizon=horizon,
         hidden=[32, 32],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
-        flow_steps=4,
-        training_steps=0,
         data_fingerprint={"arrays_sha256": "synthetic"},
     )
     rng = np.random.default_rng(0)

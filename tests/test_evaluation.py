@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from torch import nn
 
-from core.checkpoints import CheckpointConfig, DatasetSample, load_checkpoint, save_checkpoint
+from core.checkpoints import DatasetSample, load_checkpoint, save_checkpoint
 from core.evaluation import (
     Episodes,
     EvalResult,
@@ -147,21 +148,7 @@ def test_evaluate_a_checkpoint_on_the_real_env(tmp_path):
     from core.evaluation import evaluate
 
     torch.manual_seed(0)
-    config = CheckpointConfig(
-        env="cube-single-play-singletask-task2-v0",
-        dataset="cube-single-play-v0",
-        task=2,
-        obs_dim=28,
-        action_dim=5,
-        horizon=1,
-        hidden=[16, 16],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
-        flow_steps=4,
-        training_steps=0,
-        data_fingerprint={},
-    )
+    config = tiny_config()
     p, c = config.build_policy(), config.build_critic()
     sample = DatasetSample(np.zeros((2, 28), np.float32), np.zeros((2, 5), np.float32))
     save_checkpoint(tmp_path / "ck", config, p, c, c, sample)

@@ -133,9 +133,6 @@ def test_base_action_and_bad_slices():
 
 @pytest.mark.slow
 def test_episode_slices_share_the_noise_across_weights():
-    import os
-
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from core.checkpoints import load_checkpoint
     from core.landscape import episode_slices, figure
     from core.manifold import DataManifold as M

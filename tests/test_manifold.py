@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 
 import core.manifold as manifold_mod
 from core.guidance import guided_sample
@@ -270,22 +271,14 @@ def test_from_sample_without_terminals_compares_the_first_action_of_a_chunk():
 
 
 def test_from_checkpoint_uses_the_sample_and_the_policy_horizon(tmp_path):
-    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from core.checkpoints import DatasetSample, save_checkpoint
 
     obs, act, _ = _dataset()
-    config = CheckpointConfig(
-        env="cube-single-play-singletask-task2-v0",
-        dataset="cube-single-play-v0",
-        task=2,
+    config = tiny_config(
         obs_dim=4,
         action_dim=2,
         horizon=2,
         hidden=[8],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
-        flow_steps=4,
-        training_steps=0,
         data_fingerprint={"arrays_sha256": "synthetic"},
     )
     net, critic = config.build_policy(), config.build_critic()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import math
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
+import pytest
+import torch
 
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from core.defaults import default_checkpoint  # noqa: E402
-from core.manifold import DataManifold, weight_sweep  # noqa: E402
-from viewer.manifold_view import SWEEP_WEIGHTS, ManifoldAnalysis  # noqa: E402
-from viewer.session import Session, Settings  # noqa: E402
+from core.defaults import default_checkpoint
+from core.manifold import DataManifold, weight_sweep
+from viewer.manifold_view import SWEEP_WEIGHTS, ManifoldAnalysis
+from viewer.session import Session, Settings
 
 pytestmark = pytest.mark.slow
 

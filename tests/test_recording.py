@@ -8,6 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 
 from core import recording as rec
 from core.captions import DONE_COLOR, caption_height
@@ -259,23 +260,9 @@ def test_a_panel_replays_what_the_viewer_shows_for_the_same_seed(tmp_path: Path)
 
 
 def save_tiny_checkpoint(path: Path, horizon: int) -> Path:
-    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from core.checkpoints import DatasetSample, save_checkpoint
 
-    config = CheckpointConfig(
-        env=ENV,
-        dataset="cube-single-play-v0",
-        task=2,
-        obs_dim=28,
-        action_dim=5,
-        horizon=horizon,
-        hidden=[32, 32],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
-        flow_steps=3,
-        training_steps=0,
-        data_fingerprint={},
-    )
+    config = tiny_config(env=ENV, horizon=horizon, hidden=[32, 32], flow_steps=3)
     torch.manual_seed(horizon)
     rng = np.random.default_rng(0)
     sample = DatasetSample(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco
+import numpy as np
+import pytest
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from core.render import (  # noqa: E402
+from core.render import (
     EXECUTED_RGBA,
     GHOST_RGBA,
     OFF_MANIFOLD_RGBA,

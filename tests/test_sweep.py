@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from core.cli import main
 from core.files import atomic_write
@@ -363,15 +364,11 @@ def test_a_checkpoint_without_dataset_sample_runs_without_distances(tmp_path):
     """An agent imported without its data: the cell runs, off-manifold fields are null."""
     import torch
 
-    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from core.checkpoints import DatasetSample, save_checkpoint
     from core.sweep import CellSettings, load_payload
 
     torch.manual_seed(0)
-    config = CheckpointConfig(
-        env="cube-single-play-singletask-task2-v0", dataset="cube-single-play-v0", task=2,
-        obs_dim=28, action_dim=5, horizon=1, hidden=[16, 16], layer_norm=True, time_dim=16,
-        q_ensemble=2, flow_steps=2, training_steps=0, data_fingerprint={},
-    )  # fmt: skip
+    config = tiny_config(flow_steps=2)
     critic = config.build_critic()
     empty = DatasetSample(np.zeros((0, 28), np.float32), np.zeros((0, 5), np.float32))
     save_checkpoint(tmp_path / "ck", config, config.build_policy(), critic, critic, empty)

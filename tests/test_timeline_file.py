@@ -5,36 +5,33 @@ truncated, newer or not a timeline, never unpickled, written atomically. No wind
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import pickle
+import shutil
+import struct
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config
+from safetensors.numpy import save_file
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-import shutil  # noqa: E402
-import struct  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, fields, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
-
-from core import envs  # noqa: E402
-from core.checkpoints import WEIGHTS_FILE, CheckpointConfig, DatasetSample, save_checkpoint  # noqa: E402
-from core.models import Critic, VelocityField  # noqa: E402
-from viewer import timeline_file  # noqa: E402
-from viewer.session import (  # noqa: E402
+from core import envs
+from core.checkpoints import WEIGHTS_FILE, DatasetSample, save_checkpoint
+from core.models import Critic, VelocityField
+from viewer import timeline_file
+from viewer.session import (
     CUSTOM_LABEL,
     RANDOM_LABEL,
     CandidateDistances,
     Session,
     Settings,
 )
-from viewer.timeline_file import (  # noqa: E402
+from viewer.timeline_file import (
     FORMAT,
     SUFFIX,
     TimelineError,
@@ -55,17 +52,10 @@ def tiny_checkpoint(path: Path, seed: int) -> Path:
     """A small trained-looking checkpoint for ENV: 2-action chunks, so the records of a
     chunk share their sample."""
     torch.manual_seed(seed)
-    config = CheckpointConfig(
+    config = tiny_config(
         env=ENV,
-        dataset="cube-single-play-v0",
-        task=2,
-        obs_dim=28,
-        action_dim=5,
         horizon=2,
         hidden=[32, 32],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
         flow_steps=3,
         training_steps=1,
         data_fingerprint={"arrays_sha256": f"seed {seed}"},

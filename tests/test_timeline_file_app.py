@@ -7,17 +7,14 @@ Like tests/test_viewer_app.py, the window tests run in a child pytest process of
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from viewer_window import invoke, open_app, pump, shown  # noqa: E402
-from xvfb import window_tests  # noqa: E402
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from viewer_window import invoke, open_app, pump, shown
+from xvfb import window_tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

@@ -8,22 +8,19 @@ new window), and a window's GL state breaks later EGL contexts on its thread.
 
 from __future__ import annotations
 
+import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from viewer_window import invoke, open_app, pump, shown
+from xvfb import require_display, window_tests
 
-import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from viewer_window import invoke, open_app, pump, shown  # noqa: E402
-from xvfb import require_display, window_tests  # noqa: E402
-
-from core.render import EXECUTED_RGBA, time_color  # noqa: E402
+from core.render import EXECUTED_RGBA, time_color
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

@@ -3,21 +3,17 @@ restore and replay, and what a branch costs and draws. No window."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco
+import numpy as np
+import pytest
+import torch
 
-from dataclasses import replace  # noqa: E402
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from core import envs  # noqa: E402
-from core.models import Critic, VelocityField  # noqa: E402
-from core.render import OverlayLayers, draw_overlay, scene_rgba  # noqa: E402
-from viewer.session import BRANCH_RGBA, Session, Settings  # noqa: E402
+from core import envs
+from core.models import Critic, VelocityField
+from core.render import OverlayLayers, draw_overlay, scene_rgba
+from viewer.session import BRANCH_RGBA, Session, Settings
 
 pytestmark = pytest.mark.slow
 

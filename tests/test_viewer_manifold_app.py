@@ -6,16 +6,12 @@ Like tests/test_viewer_app.py, the window tests run in a child pytest process of
 
 from __future__ import annotations
 
-import os
+import math
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from viewer_window import open_app, pump, shown  # noqa: E402
-from xvfb import window_tests  # noqa: E402
+import numpy as np
+import pytest
+from viewer_window import open_app, pump, shown
+from xvfb import window_tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

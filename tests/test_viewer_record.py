@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import imageio.v3 as iio
+import numpy as np
+import pytest
 
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from core.captions import caption_height  # noqa: E402
-from core.render import RenderSettings  # noqa: E402
-from core.video import VideoPathError  # noqa: E402
-from viewer.record import SceneRecorder, caption_fields, default_path  # noqa: E402
-from viewer.session import Session, Settings  # noqa: E402
+from core.captions import caption_height
+from core.render import RenderSettings
+from core.video import VideoPathError
+from viewer.record import SceneRecorder, caption_fields, default_path
+from viewer.session import Session, Settings
 
 pytestmark = pytest.mark.slow
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config
 
-import time  # noqa: E402
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from core import envs  # noqa: E402
-from core.guidance import ESTIMATORS, guided_sample  # noqa: E402
-from core.models import Critic, VelocityField  # noqa: E402
-from core.render import RenderSettings  # noqa: E402
-from core.step import step_noise  # noqa: E402
-from viewer.session import (  # noqa: E402
+from core import envs
+from core.guidance import ESTIMATORS, guided_sample
+from core.models import Critic, VelocityField
+from core.render import RenderSettings
+from core.step import step_noise
+from viewer.session import (
     RANDOM_LABEL,
     Session,
     Settings,
@@ -222,22 +219,15 @@ def test_task_and_env_switch():
 
 
 def _tiny_checkpoint(path, env: str, obs_dim: int):
-    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from core.checkpoints import DatasetSample, save_checkpoint
 
-    config = CheckpointConfig(
+    config = tiny_config(
         env=env,
         dataset=envs.parse_name(env).dataset_name,
         task=envs.parse_name(env).task_id,
         obs_dim=obs_dim,
-        action_dim=5,
-        horizon=1,
         hidden=[32, 32],
-        layer_norm=True,
-        time_dim=16,
-        q_ensemble=2,
         flow_steps=10,
-        training_steps=0,
-        data_fingerprint={},
     )
     policy, critic = config.build_policy(), config.build_critic()
     sample = DatasetSample(np.zeros((4, obs_dim), np.float32), np.zeros((4, 5), np.float32))
