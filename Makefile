@@ -49,4 +49,4 @@ lint: setup
 	$(BIN)/mypy core  # settings in pyproject.toml [tool.mypy]
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info
