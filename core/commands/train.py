@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_threads(
         parser,
         None,
-        "measured on a 2-core machine that other jobs kept busy (load 5-8), 300 steps of the "
-        "default model on a 3-episode dataset: 1 thread 4.1-7.3 steps/s, 2 threads 0.5-1.4 "
-        "steps/s; pass 1 on a shared machine",
+        "measured on a 2-core machine, 300 steps of the default model on a 3-episode "
+        "dataset: at load 2, 1 thread 19-26 steps/s and 2 threads 5-31; at load 5-8 (other "
+        "jobs running), 1 thread 4-7 and 2 threads 0.5-1.4; pass 1 on a shared machine",
     )
     parser.add_argument("--log-dir", help="live CSV/TensorBoard logs (default runs/<out name>)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue --out")
