@@ -9,16 +9,12 @@ Like tests/test_viewer_app.py, the window tests run in a child pytest process of
 from __future__ import annotations
 
 import math
-import os
+from dataclasses import replace
+from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-from viewer_window import invoke, pump  # noqa: E402
-from xvfb import require_display, window_tests  # noqa: E402
+import pytest
+from viewer_window import invoke, pump
+from xvfb import require_display, window_tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

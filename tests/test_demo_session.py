@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
+from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
+import pytest
+import torch
 
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from viewer.demo_session import (  # noqa: E402
+from viewer.demo_session import (
     WEIGHT_GRID,
     DemoSession,
     PaneSpec,
