@@ -180,6 +180,14 @@ def _flags(off: np.ndarray) -> list:
     return [None if np.isnan(v) else bool(v) for v in off]
 
 
+def action_width(policy: VelocityFn) -> int:
+    """The flat action size A a velocity field samples (its ``action_dim``)."""
+    width = getattr(policy, "action_dim", None)
+    if width is None:
+        raise ValueError("the velocity field needs an action_dim attribute")
+    return int(width)
+
+
 def initial_noise(states: int, candidates: int, width: int, seed: int, dtype) -> Tensor:
     """``[S, N, A]`` the report's initial noise (see the module docstring)."""
     gen = torch.Generator().manual_seed(seed)
@@ -250,7 +258,7 @@ def estimator_analyses(
         and (when ``data_actions`` is given) the data; and the oracle's mean Q when it keeps
         the best of its first n candidates, n = 1..N.
     """
-    n_states, width = obs.shape[0], int(policy.action_dim)
+    n_states, width = obs.shape[0], action_width(policy)
     env_dim = width // horizon
     noise = initial_noise(n_states, best_of, width, seed, obs.dtype).to(obs.device)
     opt = q_optimisation(
@@ -387,7 +395,6 @@ def diagnose_checkpoint(
         source = f"env rollouts of the unguided policy (no dataset sample), seed {seed}"
         summary = {"available": False, "why": no_sample}
 
-    common = dict(steps=steps, best_of=best_of, seed=seed, horizon=config.horizon)
     results, q_by_n = estimator_analyses(
         policy,
         critic,
@@ -396,7 +403,10 @@ def diagnose_checkpoint(
         estimators=estimators,
         weight=weight,
         data_actions=data_actions,
-        **common,
+        steps=steps,
+        best_of=best_of,
+        seed=seed,
+        horizon=config.horizon,
     )
 
     with_gradient = [e for e in estimators if e not in NO_GRADIENT]
@@ -441,7 +451,16 @@ def diagnose_checkpoint(
             at_w = results
         elif guided:
             at_w, _ = estimator_analyses(
-                policy, critic, manifold, obs, estimators=guided, weight=w, **common
+                policy,
+                critic,
+                manifold,
+                obs,
+                estimators=guided,
+                weight=w,
+                steps=steps,
+                best_of=best_of,
+                seed=seed,
+                horizon=config.horizon,
             )
         else:
             continue
@@ -478,7 +497,7 @@ def rollout_states(
 
     env = envs.make_env(env_name)
     gen = torch.Generator().manual_seed(seed)
-    width, horizon = int(policy.action_dim), int(getattr(policy, "horizon", 1))
+    width, horizon = action_width(policy), int(getattr(policy, "horizon", 1))
     device = next(policy.parameters()).device if isinstance(policy, torch.nn.Module) else "cpu"
     kept: list[np.ndarray] = []
     episode = 0
