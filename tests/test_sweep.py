@@ -323,7 +323,17 @@ def test_interrupted_sweep_resumes_without_recomputing(cluster, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "interrupted.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        # A shell without job control (CI running the suite in the background) starts its
+        # children with SIGINT ignored, and Python then keeps it ignored: give the sweep
+        # the default disposition, so that SIGINT is the KeyboardInterrupt of a terminal.
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         # Generous: on a loaded 2-core machine new workers take tens of seconds to start.
         deadline = time.monotonic() + 300
