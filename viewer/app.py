@@ -9,10 +9,11 @@ Threads (docs/ARCHITECTURE.md says why, and how a change travels to the screen):
   switches). Widgets send it commands and never wait for it.
 - ``qgf-render`` (``viewer.frames.FrameStream``): MuJoCo, on its own GL context.
 
-Every callback goes through ``ViewerApp.callback``, which turns an exception into a message
-in the status bar: a failing callback never ends the app. Extension points: ``frame_hooks``
-of ``self.frames`` (called with every rendered frame, e.g. a recorder), ``panels`` (functions
-that add widgets to the controls column), ``on_tick`` (called every GUI frame).
+Every callback goes through ``callback`` (``viewer.window.SceneWindow``, shared with the
+demo's window), which turns an exception into a message in the status bar: a failing
+callback never ends the app. Extension points: ``frame_hooks`` of ``self.frames`` (called
+with every rendered frame, e.g. a recorder), ``panels`` (functions that add widgets to the
+controls column), ``on_tick`` (called every GUI frame).
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import math
 import os
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dearpygui.dearpygui as dpg
-import numpy as np
 
 from core import envs
 from core.guidance import ESTIMATOR_DOCS
@@ -47,7 +45,6 @@ from viewer.timeline_file import Timeline, read_timeline, save_timeline
 from viewer.timeline_file import default_path as timeline_path
 from viewer.widgets import (
     _BACKGROUND,
-    _SCREENSHOT_SETTLE_FRAMES,
     ACTIVE_GUI_FPS,
     ACTIVE_SECONDS,
     CONTROLS_WIDTH,
@@ -66,17 +63,11 @@ from viewer.widgets import (
     W_LOG_MIN,
     scale_note,
 )
-from viewer.worker import Worker, WorkerError
+from viewer.window import SceneWindow
+from viewer.worker import Worker
 
 
-@dataclass
-class Message:
-    text: str
-    error: bool
-    time: float
-
-
-class ViewerApp(ControlsMixin, PlotsMixin):
+class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
     """One window over one ``Session``; one per process (Dear PyGui 2.3 crashes on a second
     window in a process whose first ran next to a MuJoCo GL context or loaded a font).
 
@@ -94,15 +85,12 @@ class ViewerApp(ControlsMixin, PlotsMixin):
         width: int = 1280,
         height: int = 800,
     ) -> None:
+        super().__init__(width, height)
         self.session = session
-        self.width, self.height = width, height
         # View preferences live here, not in the session's settings.
         self.log_weight = True  # the weight slider's scale: log10 w, else w
-        self.messages: deque[Message] = deque(maxlen=50)
-        self.errors = 0
         self.panels: list[Callable[[ViewerApp], None]] = []
         self.on_tick: list[Callable[[ViewerApp], None]] = []
-        self._pending_errors: deque[str] = deque()
         self._fit = render is None
         self._scene_w, self._scene_h = self._scene_area()
         self.worker = Worker(session, on_error=self._worker_error)
@@ -138,24 +126,13 @@ class ViewerApp(ControlsMixin, PlotsMixin):
         self.frames.set_preset(DEFAULT_CAMERA)
         self.frames.set_path_scale(DEFAULT_PATH_SCALE)
         self.frame_spec: FrameSpec | None = None
-        self.frames_shown = 0
-        self.gui_frames = 0
         self._plotted_version = -1
-        self._texture: int | str | None = None
-        self._buffer: np.ndarray | None = None
         self._drag: tuple[int, float, float] | None = None
-        self._upload_ms = 0.0
         self._gui_ms = 0.0
         self._last_draw = 0.0
-        self._frame_started = 0.0
         self._last_input = 0.0
         self._mouse_last: tuple[float, ...] = ()
-        self._rendered_seen = 0
-        self._shown_times: deque[float] = deque()
-        self._tags: dict[str, int | str] = {}
         self._inputs: list[int | str] = []
-        self._closed = False
-        self._built = False
 
     # --- lifetime -----------------------------------------------------------------------
     def build(self) -> None:
@@ -180,30 +157,6 @@ class ViewerApp(ControlsMixin, PlotsMixin):
         self._layout()
         self._sync_controls()
 
-    def run(self, frames: int | None = None, screenshot: str | os.PathLike | None = None) -> int:
-        """Run the window until closed, or for ``frames`` GUI frames; then save ``screenshot``.
-
-        With ``frames``, the scene's first frame is waited for (up to a minute) before the
-        count starts, so a screenshot always shows the rendered scene.
-        """
-        if not self._built:
-            self.build()
-        try:
-            if frames is not None:
-                self._wait_first_frame()
-                for _ in range(frames):
-                    if not dpg.is_dearpygui_running():
-                        break
-                    self.frame()
-                if screenshot is not None:
-                    self.screenshot(screenshot)
-            else:
-                while dpg.is_dearpygui_running():
-                    self.paced_frame()
-        finally:
-            self.close()
-        return 0
-
     def close(self) -> None:
         if self._closed:
             return
@@ -219,7 +172,8 @@ class ViewerApp(ControlsMixin, PlotsMixin):
     def frame(self) -> None:
         """One GUI frame: callbacks, new scene frame, plots, status, then draw."""
         self._frame_started = time.perf_counter()
-        self._run_callbacks()
+        if self._run_callbacks():
+            self._last_input = time.perf_counter()
         self._note_input()
         # Every per-frame part runs in the error guard: an error is shown, none ends the app.
         self._call("mouse", self._poll_mouse)
@@ -261,78 +215,7 @@ class ViewerApp(ControlsMixin, PlotsMixin):
             self._last_input = time.perf_counter()
         self._mouse_last = pos
 
-    def _run_callbacks(self) -> None:
-        jobs = dpg.get_callback_queue()
-        if not jobs:
-            return
-        self._last_input = time.perf_counter()
-        for job in jobs:
-            fn = job[0]
-            if fn is None:
-                continue
-            sender, app_data, user_data = (list(job[1:]) + [None, None, None])[:3]
-            fn(sender, app_data, user_data)
-
-    def _wait_first_frame(self, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while self.frames_shown == 0 and time.monotonic() < end:
-            self.frame()
-            if self.frames_shown == 0:
-                self.frames.wait_frame(0, timeout=0.05)
-
-    def _upload(self) -> None:
-        shape = self.frames.latest_shape()
-        if shape is not None and shape != self._buffer.shape:
-            self._make_texture(shape)
-        t0 = time.perf_counter()
-        rendered = self.frames.stats.frames
-        spec = self.frames.take(self._buffer)
-        if spec is None:
-            return
-        self._rendered_seen = rendered
-        self._upload_ms = 1000 * (time.perf_counter() - t0)
-        self.frame_spec = spec
-        self.frames_shown += 1
-        now = time.perf_counter()
-        self._shown_times.append(now)
-        while self._shown_times and now - self._shown_times[0] > 2.0:
-            self._shown_times.popleft()
-
-    @property
-    def scene_fps(self) -> float:
-        """New scene frames shown per second over the last ~2 s."""
-        t = self._shown_times
-        if len(t) < 2 or time.perf_counter() - t[-1] > 1.0:
-            return 0.0
-        return (len(t) - 1) / (t[-1] - t[0])
-
-    # --- callbacks ----------------------------------------------------------------------
-    def callback(self, what: str, fn: Callable[..., Any]) -> Callable[..., None]:
-        """Wrap ``fn(sender, app_data, user_data)`` so an exception becomes a status message."""
-
-        def wrapped(sender=None, app_data=None, user_data=None) -> None:
-            self._call(what, fn, sender, app_data, user_data)
-
-        wrapped.__name__ = f"cb_{what}"
-        return wrapped
-
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as e:  # every callback error is shown, none ends the app
-            traceback.print_exc()
-            self.report(f"{what}: {type(e).__name__}: {e}", error=True)
-
-    def report(self, text: str, error: bool = False) -> None:
-        """Show a message in the status bar (errors in red, kept for a while)."""
-        self.messages.append(Message(text, error, time.monotonic()))
-        if error:
-            self.errors += 1
-
-    def _worker_error(self, err: WorkerError) -> None:
-        # Called on the worker thread: only queue it; the GUI thread shows it.
-        self._pending_errors.append(f"{err.what}: {err.message}")
-
+    # --- commands -----------------------------------------------------------------------
     def command(self, key: str, fn: Callable[[Session], Any]) -> None:
         """Send a command to the session (runs on the policy thread; newest per key wins)."""
         self.worker.submit(key, fn)
@@ -588,37 +471,6 @@ class ViewerApp(ControlsMixin, PlotsMixin):
         tag = self._tags["help"]
         dpg.configure_item(tag, show=not dpg.is_item_shown(tag))
 
-    def screenshot(self, path: str | os.PathLike | None = None, timeout: float = 20.0) -> Path:
-        """Save the whole window to a PNG (``dpg.output_frame_buffer``); waits for the file."""
-        if path is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path("screenshots") / f"qgf-{stamp}.png"
-        path = Path(path).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        # The frame buffer is read a frame or two behind what was last drawn: draw the
-        # current state a few times first so the file shows it, not the state before.
-        for _ in range(_SCREENSHOT_SETTLE_FRAMES):
-            self.frame()
-        done: list[Any] = []
-        dpg.output_frame_buffer(file=str(path), callback=lambda *a: done.append(a))
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.frame()
-            if path.exists() and path.stat().st_size > 0 and (done or self._png_complete(path)):
-                break
-        else:
-            raise TimeoutError(f"screenshot {path} was not written within {timeout:.0f} s")
-        self.report(f"screenshot saved: {path}")
-        return path
-
-    @staticmethod
-    def _png_complete(path: Path) -> bool:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 12))
-            return b"IEND" in f.read()
-
     # --- keys and mouse -----------------------------------------------------------------
     def _typing(self) -> bool:
         return any(dpg.is_item_active(t) for t in self._inputs)
@@ -735,8 +587,7 @@ class ViewerApp(ControlsMixin, PlotsMixin):
 
     def _refresh(self) -> None:
         """Status bar every frame; text and plots when the shown step changed."""
-        while self._pending_errors:
-            self.report(self._pending_errors.popleft(), error=True)
+        self._drain_errors()
         t = self._tags
         spec = self.frame_spec
         view = spec.view if spec is not None else None

@@ -52,23 +52,9 @@ class ControlsMixin:
             dpg.add_theme_color(dpg.mvThemeCol_WindowBg, (0, 0, 0, 0))
             dpg.add_theme_color(dpg.mvThemeCol_ChildBg, (0, 0, 0, 0))
         dpg.bind_theme(theme)
-        with dpg.theme() as self._error_theme, dpg.theme_component(dpg.mvText):
-            dpg.add_theme_color(dpg.mvThemeCol_Text, (255, 90, 90))
+        self._build_error_theme()
         with dpg.theme() as self._play_theme, dpg.theme_component(dpg.mvButton):
             dpg.add_theme_color(dpg.mvThemeCol_Button, (40, 120, 60))
-
-    def _make_texture(self, shape: tuple[int, ...]) -> None:
-        h, w = int(shape[0]), int(shape[1])
-        buffer = np.zeros((h, w, 3), np.float32)
-        old = self._texture
-        with dpg.texture_registry():
-            self._texture = dpg.add_raw_texture(w, h, buffer, format=dpg.mvFormat_Float_rgb)
-        self._buffer = buffer
-        if "image" in self._tags:
-            dpg.configure_item(self._tags["image"], texture_tag=self._texture)
-            self._layout()
-        if old is not None:
-            dpg.delete_item(old)
 
     def _build_window(self) -> None:
         t = self._tags

@@ -21,15 +21,11 @@ P screenshot; F11 full screen; H help.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +39,8 @@ from core.render import CAMERA_PRESETS, RenderSettings, SceneRenderer
 from viewer.demo_session import DemoFrame, DemoSession, PaneView, step_weight
 from viewer.frames import FrameStream
 from viewer.record import SceneRecorder, default_path
-from viewer.worker import Worker, WorkerError
+from viewer.window import ERROR_RGB, SceneWindow
+from viewer.worker import Worker
 
 TITLE = "qgf demo"
 BAR_HEIGHT = 150
@@ -68,13 +65,6 @@ _HELP = (
     "space play/pause   wheel, arrows, +/- weight   1-{n} estimator   C camera   O overlays   "
     "N next episode   Tab debugger   V record   P screenshot   F11 full screen"
 )
-
-
-@dataclass
-class Message:
-    text: str
-    error: bool
-    at: float
 
 
 def _font(size: int, bold: bool = False):
@@ -135,12 +125,6 @@ def decorate(tile_rgb: np.ndarray, pane: PaneView, live: bool) -> None:
         draw_border(tile_rgb, _LIVE_RGB, width=max(3, w // 160))
 
 
-def _png_complete(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 12))
-        return b"IEND" in f.read()
-
-
 def grid_of(panes: int) -> tuple[int, int]:
     """``(rows, cols)`` of the tiling: side by side up to three, then two by two."""
     return grid_shape(panes, cols=panes if panes <= 3 else 2)
@@ -192,7 +176,7 @@ class DemoFrameStream(FrameStream):
         self._publish(out, frame, spec, (t0, t2 - gl, t2, t3), renderer.dropped_geoms)
 
 
-class DemoApp:
+class DemoApp(SceneWindow):
     """The demo window over one ``DemoSession`` (one per process, like ``ViewerApp``).
 
     Args:
@@ -201,6 +185,8 @@ class DemoApp:
         width, height: the window size.
     """
 
+    screenshot_prefix = "qgf-demo"
+
     def __init__(
         self,
         session: DemoSession,
@@ -208,18 +194,13 @@ class DemoApp:
         width: int = 1600,
         height: int = 900,
     ) -> None:
+        super().__init__(width, height)
         self.session = session
         self.preset = session.preset
-        self.width, self.height = width, height
-        self.messages: deque[Message] = deque(maxlen=50)
-        self.errors = 0
         self.fullscreen = False
         self.render_scale = 1.0
         self.target_fps = self.preset.target_fps
         self.on_tick: list[Callable[[DemoApp], None]] = []
-        self._pending_errors: deque[str] = deque()
-        self._built = False
-        self._closed = False
         self._fit = render is None
         self._full = self._pane_area()  # a pane's size at render scale 1
         self.worker = Worker(session, on_error=self._worker_error)
@@ -235,16 +216,8 @@ class DemoApp:
         self.frames.set_thickness(THICKNESS)
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         self.frame_spec: DemoFrame | None = None
-        self.frames_shown = 0
-        self.gui_frames = 0
-        self._texture: int | str | None = None
-        self._buffer: np.ndarray | None = None
-        self._tags: dict[str, int | str] = {}
         self._drag: tuple[int, float, float] | None = None
-        self._shown_times: deque[float] = deque()
         self._scale_changed = 0.0
-        self._frame_started = 0.0
-        self._rendered_seen = 0
         self._slider_weight: float | None = None
         self._saved: Path | None = None
         # Tab: the debugger runs in a process of its own (one Dear PyGui window per process).
@@ -269,26 +242,6 @@ class DemoApp:
         self._layout()
         self._show_weight()
 
-    def run(self, frames: int | None = None, screenshot: str | os.PathLike | None = None) -> int:
-        """Run until closed, or for ``frames`` GUI frames and then save ``screenshot``."""
-        if not self._built:
-            self.build()
-        try:
-            if frames is not None:
-                self._wait_first_frame()
-                for _ in range(frames):
-                    if not dpg.is_dearpygui_running():
-                        break
-                    self.frame()
-                if screenshot is not None:
-                    self.screenshot(screenshot)
-            else:
-                while dpg.is_dearpygui_running():
-                    self.paced_frame()
-        finally:
-            self.close()
-        return 0
-
     def close(self) -> None:
         if self._closed:
             return
@@ -306,10 +259,7 @@ class DemoApp:
     def frame(self) -> None:
         """One GUI frame: callbacks, newest tiled frame, render scale, status, draw."""
         self._frame_started = time.perf_counter()
-        jobs = dpg.get_callback_queue() or []
-        for job in jobs:
-            if job[0] is not None:
-                job[0](*(list(job[1:]) + [None, None, None])[:3])
+        self._run_callbacks()
         self._call("mouse", self._poll_mouse)
         self._call("upload", self._upload)
         self._call("render scale", self._adapt_scale)
@@ -327,62 +277,6 @@ class DemoApp:
             time.sleep(1.0 / MAX_GUI_FPS - since)
         self.frames.wait_frame(self._rendered_seen, timeout=0.1)
         self.frame()
-
-    def _wait_first_frame(self, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while self.frames_shown == 0 and time.monotonic() < end:
-            self.frame()
-            if self.frames_shown == 0:
-                self.frames.wait_frame(0, timeout=0.05)
-
-    def _upload(self) -> None:
-        shape = self.frames.latest_shape()
-        if shape is not None and shape != self._buffer.shape:
-            self._make_texture(shape)
-        rendered = self.frames.stats.frames
-        spec = self.frames.take(self._buffer)
-        if spec is None:
-            return
-        self._rendered_seen = rendered
-        self.frame_spec = spec
-        self.frames_shown += 1
-        now = time.perf_counter()
-        self._shown_times.append(now)
-        while self._shown_times and now - self._shown_times[0] > 2.0:
-            self._shown_times.popleft()
-
-    @property
-    def scene_fps(self) -> float:
-        """Tiled frames shown per second over the last ~2 s."""
-        t = self._shown_times
-        if len(t) < 2 or time.perf_counter() - t[-1] > 1.0:
-            return 0.0
-        return (len(t) - 1) / (t[-1] - t[0])
-
-    # --- errors (the debugger's guard: every callback error is shown, none ends the app) -
-    def callback(self, what: str, fn: Callable[..., Any]) -> Callable[..., None]:
-        """Wrap ``fn(sender, app_data, user_data)`` so an exception becomes a status message."""
-
-        def wrapped(sender=None, app_data=None, user_data=None) -> None:
-            self._call(what, fn, sender, app_data, user_data)
-
-        wrapped.__name__ = f"cb_{what}"
-        return wrapped
-
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as e:
-            traceback.print_exc()
-            self.report(f"{what}: {type(e).__name__}: {e}", error=True)
-
-    def report(self, text: str, error: bool = False) -> None:
-        self.messages.append(Message(text, error, time.monotonic()))
-        if error:
-            self.errors += 1
-
-    def _worker_error(self, err: WorkerError) -> None:
-        self._pending_errors.append(f"{err.what}: {err.message}")
 
     # --- commands -----------------------------------------------------------------------
     @property
@@ -540,28 +434,6 @@ class DemoApp:
         if 0 < fps < self.target_fps and frame_ms > 1000.0 / self.target_fps:
             self.set_render_scale(self.render_scale * SCALE_STEP)
 
-    def screenshot(self, path: str | os.PathLike | None = None, timeout: float = 20.0) -> Path:
-        """Save the whole window to a PNG."""
-        if path is None:
-            path = Path("screenshots") / f"qgf-demo-{time.strftime('%Y%m%d-%H%M%S')}.png"
-        path = Path(path).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        for _ in range(3):
-            self.frame()
-        done: list[Any] = []
-        dpg.output_frame_buffer(file=str(path), callback=lambda *a: done.append(a))
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.frame()
-            if path.exists() and path.stat().st_size > 0 and (done or _png_complete(path)):
-                break
-        else:
-            raise TimeoutError(f"screenshot {path} was not written within {timeout:.0f} s")
-        self.report(f"screenshot saved: {path}")
-        return path
-
     # --- mouse --------------------------------------------------------------------------
     def _poll_mouse(self) -> None:
         """Left drag orbits, right drag pans the one camera all panes share."""
@@ -614,21 +486,7 @@ class DemoApp:
             dpg.add_theme_style(dpg.mvStyleVar_FrameBorderSize, 1)
             dpg.add_theme_style(dpg.mvStyleVar_ItemSpacing, 14, 8)
         dpg.bind_theme(theme)
-        with dpg.theme() as self._error_theme, dpg.theme_component(dpg.mvText):
-            dpg.add_theme_color(dpg.mvThemeCol_Text, (255, 80, 80))
-
-    def _make_texture(self, shape: tuple[int, ...]) -> None:
-        h, w = int(shape[0]), int(shape[1])
-        buffer = np.zeros((h, w, 3), np.float32)
-        old = self._texture
-        with dpg.texture_registry():
-            self._texture = dpg.add_raw_texture(w, h, buffer, format=dpg.mvFormat_Float_rgb)
-        self._buffer = buffer
-        if "image" in self._tags:
-            dpg.configure_item(self._tags["image"], texture_tag=self._texture)
-            self._layout()
-        if old is not None:
-            dpg.delete_item(old)
+        self._build_error_theme()
 
     def _build_window(self) -> None:
         t = self._tags
@@ -737,8 +595,7 @@ class DemoApp:
         dpg.set_value(self._tags["weight_text"], f"w = {w:g}")
 
     def _status(self) -> None:
-        while self._pending_errors:
-            self.report(self._pending_errors.popleft(), error=True)
+        self._drain_errors()
         t = self._tags
         spec = self.frame_spec
         playing = self.worker.playing
@@ -754,10 +611,10 @@ class DemoApp:
         parts.append(f"sample {self.session.sample_ms:.0f} ms")
         dpg.set_value(t["status_text"], "   ".join(parts))
         now = time.monotonic()
-        recent = [m for m in self.messages if now - m.at < ERROR_SECONDS]
+        recent = [m for m in self.messages if now - m.time < ERROR_SECONDS]
         last = recent[-1] if recent else None
         dpg.set_value(t["status_error"], f"   {last.text}" if last else "")
-        dpg.configure_item(t["status_error"], color=(255, 80, 80) if last and last.error else
+        dpg.configure_item(t["status_error"], color=ERROR_RGB if last and last.error else
                            (140, 210, 255))  # fmt: skip
         rec = self.recorder
         dpg.set_value(t["rec"], f"REC {rec.elapsed:.0f} s" if rec.is_recording else "")

@@ -87,7 +87,6 @@ MAX_GUI_FPS = 30.0
 ACTIVE_GUI_FPS = 15.0
 IDLE_GUI_FPS = 8.0
 ACTIVE_SECONDS = 0.5
-_SCREENSHOT_SETTLE_FRAMES = 3
 # The effector's neighbourhood, paths magnified: one action moves the effector at most 5 cm,
 # which at true size is a few pixels. The legend says so whenever the scale is not 1.
 DEFAULT_CAMERA = "follow"
