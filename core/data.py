@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.envs import EnvName, parse_name, reset
+from core.envs import EnvName, finite_actions, parse_name, reset
 from core.files import atomic_write
 
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
@@ -255,6 +255,7 @@ def _worker_init(config: GenerationConfig) -> None:
         mode="data_collection",
         max_episode_steps=config.max_episode_steps,
     )
+    env = finite_actions(env)
     _WORKER.update(env=env, oracles=_make_oracles(env, config), config=config)
 
 

@@ -12,7 +12,7 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -163,7 +163,8 @@ def make_env(name: str, seed: int | None = None, width: int = 200, height: int =
         **kwargs: passed to the env (``terminate_at_goal``, ``mode``, ``max_episode_steps``, ...).
 
     Returns:
-        The gymnasium env (wrapped in OGBench's usual TimeLimit/OrderEnforcing wrappers).
+        The gymnasium env, in OGBench's usual TimeLimit/OrderEnforcing wrappers and, outside
+        them, :class:`FiniteActions`.
     """
     import ogbench
 
@@ -171,9 +172,45 @@ def make_env(name: str, seed: int | None = None, width: int = 200, height: int =
     env = ogbench.make_env_and_datasets(
         parsed.name, env_only=True, width=width, height=height, **kwargs
     )
+    env = finite_actions(env)
     if seed is not None:
         reset(env, seed)
     return env
+
+
+class NonFiniteActionError(ValueError):
+    """An action with a NaN or an infinity reached an env's ``step``."""
+
+
+def finite_actions(env):
+    """``env`` behind the boundary no NaN or infinity crosses (``FiniteActions``)."""
+    return _finite_actions_class()(env)
+
+
+@cache
+def _finite_actions_class() -> type:
+    # Built on first use: gymnasium comes with the simulator, not with every import of core.
+    import gymnasium
+
+    class FiniteActions(gymnasium.Wrapper):
+        """Refuses a non-finite action before the simulator sees it.
+
+        Guidance never executes a non-finite action (a row that goes NaN is flagged and
+        kept where it was; ``core.guidance``), so this raising means a bug upstream; MuJoCo
+        itself would take the NaN and return a silently corrupt state. The check is one
+        ``isfinite`` over a handful of numbers per step. The wrapper keeps no state, so
+        snapshots skip it (``_wrappers``).
+        """
+
+        def step(self, action):
+            a = np.asarray(action)
+            if not np.isfinite(a).all():
+                raise NonFiniteActionError(
+                    f"refused a non-finite action before env.step: {np.array2string(a)}"
+                )
+            return self.env.step(action)
+
+    return FiniteActions
 
 
 def reset(env, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -299,8 +336,11 @@ def _spec() -> int:
 
 
 def _wrappers(env):
+    """The env's stateful wrappers, outermost first: the stateless ``FiniteActions`` is
+    skipped, so snapshots index the same wrappers with or without it."""
     while True:
-        yield env
+        if not isinstance(env, _finite_actions_class()):
+            yield env
         if not hasattr(env, "env"):
             return
         env = env.env

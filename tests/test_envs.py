@@ -281,3 +281,22 @@ def test_action_to_ee_targets_rejects_bad_shapes() -> None:
     for bad in (np.zeros(5), np.zeros((2, 4)), np.zeros((1, 2, 3, 5))):
         with pytest.raises(ValueError, match=r"\[H, 5\] or \[N, H, 5\]"):
             action_to_ee_targets(env, bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_env_refuses_a_non_finite_action_before_the_simulator(bad):
+    from core.envs import NonFiniteActionError, make_env, snapshot
+
+    env = make_env("cube-single-play-singletask-task2-v0", seed=0)
+    before = snapshot(env)
+    action = np.zeros(env.action_space.shape, np.float32)
+    action[2] = bad
+    with pytest.raises(NonFiniteActionError, match="non-finite action"):
+        env.step(action)
+    after = snapshot(env)  # nothing moved, and snapshots index the same wrappers as before
+    assert np.array_equal(before.physics, after.physics)
+    assert before.meta["wrappers"] == after.meta["wrappers"]
+    # The stateless boundary is skipped: TimeLimit stays wrapper 0, as in older timelines.
+    assert after.meta["wrappers"] == {"0/_elapsed_steps": 0, "1/_has_reset": True}
+    env.step(np.zeros_like(action))  # a finite one steps as before

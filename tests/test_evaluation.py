@@ -163,3 +163,35 @@ def test_evaluate_a_checkpoint_on_the_real_env(tmp_path):
     assert again.points[0].success_per_episode == result.points[0].success_per_episode
     with pytest.raises(ValueError, match="unknown estimator"):
         evaluate(policy, critic, config, estimators=["nope"], **kwargs)
+
+
+def q_nan(obs, a):
+    """A diverged critic: NaN everywhere."""
+    return a.sum(-1) * float("nan")
+
+
+@pytest.mark.parametrize(
+    ("critic", "weight", "flagged"), [(q_right, 1e3, False), (q_nan, 0.1, True)]
+)
+def test_extreme_weights_and_a_nan_critic_give_finite_actions_and_are_counted(
+    critic, weight, flagged
+):
+    envs: list[LineEnv] = []
+    eps = run_episodes(
+        ConstantVelocity(2),
+        critic,
+        make_env=LineEnv,
+        reset=lambda env, seed: env.reset_to(seed),
+        episodes=3,
+        num_envs=2,
+        seed=0,
+        weight=weight,
+        action_dim=2,
+        flow_steps=4,
+        envs=envs,
+    )
+    calls = np.stack([c for e in envs for c in e.calls])
+    assert np.isfinite(calls).all() and len(calls) == eps.lengths.sum()
+    assert np.abs(calls).max() <= 1.0  # clipped to the action box
+    assert (eps.nonfinite_steps == eps.actions) if flagged else eps.nonfinite_steps == 0
+    assert summarize("qgf", weight, eps).nonfinite_steps == eps.nonfinite_steps

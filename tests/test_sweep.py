@@ -397,3 +397,32 @@ def test_an_unreadable_settings_file_is_one_clear_error(tmp_path):
     (tmp_path / "sweep.json").write_text("[1, 2]")
     with pytest.raises(SweepError, match="does not hold a JSON object"):
         run_sweep(SweepSpec(checkpoints=(CHECKPOINT,), out=str(tmp_path)), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight", [0.1, 1e3])
+def test_a_critic_that_returns_nan_is_counted_and_never_reaches_the_env(tmp_path, weight):
+    """A diverged critic (NaN out): every sampled row is flagged, the episodes still run on
+    finite actions (the env refuses any other: ``core.envs.FiniteActions``), and the cell
+    and the report count the rows."""
+    import torch
+
+    from core.checkpoints import DatasetSample, save_checkpoint
+    from core.sweep import CellSettings, load_payload
+
+    torch.manual_seed(0)
+    config = tiny_config(flow_steps=2)
+    critic = config.build_critic()
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.fill_(float("nan"))
+    sample = DatasetSample(np.zeros((2, 28), np.float32), np.zeros((2, 5), np.float32))
+    save_checkpoint(tmp_path / "ck", config, config.build_policy(), critic, critic, sample)
+    payload = load_payload(tmp_path / "ck")
+    cell = Cell(payload.label, "qgf", weight, 0)
+    row = run_cell(payload, cell, CellSettings(1, 1, 3, None, "test"))
+    assert row["actions"] == 3 and row["nonfinite_rows"] == 3
+    write_row(cell.path(tmp_path / "out"), row)
+    report = write_report(tmp_path / "out")[-1].read_text()
+    assert f"| qgf | {weight:g} | 1 | 0% |" in report
+    assert "| 3 |" in report  # the non-finite rows' column
