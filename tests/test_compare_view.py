@@ -65,9 +65,9 @@ def test_compares_the_shown_sample_from_its_noise(live, manifold):
     assert c.threshold == manifold.threshold and qgf.distance is not None
     assert np.allclose(result.origin, rec.sample.origin)
     assert list(cells(qgf)) == [
-        "estimator", "Q exec", "Q mean", "dist", "d mean", "off", "cos", "ms/act", "MFLOP",
+        "estimator", "Q exec", "Q mean", "dist", "d mean", "off", "NaN", "cos", "ms/act", "MFLOP",
     ]  # fmt: skip
-    assert cells(qgf)["Q exec"] == f"{qgf.q_executed:.3f}"
+    assert cells(qgf)["Q exec"] == f"{qgf.q_executed:.3f}" and cells(qgf)["NaN"] == "0"
 
 
 def test_paths_are_the_effector_targets_of_a_hat_then_the_final_action(live):

@@ -642,9 +642,14 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
             f"step {rec.index if rec else 0}",
             f"return {view.episode_return:.1f}",
             "success" if view.success else "no success yet",
-            f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
-            + (" best-of" if s.pick_best else ""),
         ]
+        if rec is not None and (bad := int(rec.sample.guided.nonfinite.sum())):
+            # Drawn magenta in the scene; such a candidate stays at its last finite iterate.
+            parts.append(f"NON-FINITE guidance {bad}/{len(rec.sample.guided.nonfinite)}")
+        parts.append(
+            f"{s.estimator} w={s.weight:.4g} T={s.steps} N={s.candidates}"
+            + (" best-of" if s.pick_best else "")
+        )
         dist = rec.sample.distances if rec is not None else None
         if dist is not None:
             n = len(dist.off_manifold)

@@ -33,7 +33,7 @@ import torch
 
 from core import envs
 from core.compare import ONESTEP, CompareRow, Comparison, compare_estimators
-from core.render import Polyline, scene_rgba
+from core.render import NONFINITE_RGBA, Polyline, scene_rgba
 from core.step import effector_paths, step_noise
 from viewer.frames import SceneLayer
 from viewer.widgets import STATUS_HEIGHT, Host, line_theme, rgb255
@@ -67,7 +67,8 @@ _CANDIDATE_ALPHA = 0.55
 WINDOW_HEIGHT = 238
 _TABLE_WIDTH = 610
 _COLUMNS = (
-    "", "estimator", "Q exec", "Q mean", "dist", "d mean", "off", "cos", "ms/act", "MFLOP", "",
+    "", "estimator", "Q exec", "Q mean", "dist", "d mean", "off", "NaN", "cos", "ms/act",
+    "MFLOP", "",
 )  # fmt: skip
 _NA = "-"
 
@@ -94,6 +95,8 @@ def cells(row: CompareRow) -> dict[str, str]:
         "dist": num(row.distance_executed, ".3f"),
         "d mean": num(row.distance_mean, ".3f"),
         "off": num(100.0 * row.off_fraction, ".0f") + ("%" if row.off_manifold is not None else ""),
+        # Candidates whose guidance met a NaN/inf (flagged, held at their last finite iterate).
+        "NaN": str(row.nonfinite),
         "cos": num(row.sensitivity, ".4f"),
         "ms/act": num(row.ms_per_action, ".1f"),
         "MFLOP": num(row.flops_per_action / 1e6, ".2f"),
@@ -525,6 +528,8 @@ class CompareView:
                 tags = {"mark": dpg.add_text("", color=(255, 255, 255))}
                 for name in _COLUMNS[1:-1]:
                     colored = {"color": color} if name == "estimator" else {}
+                    if name == "NaN" and row.nonfinite:
+                        colored = {"color": rgb255(NONFINITE_RGBA)}
                     tags[name] = dpg.add_text(text[name], **colored)
                 if row.label == ONESTEP:  # a policy of its own, not a sampler setting
                     dpg.add_text(_NA)
