@@ -161,6 +161,11 @@ def test_next_episode_and_auto_loop_advance_the_seed(app):
 @window
 def test_render_scale_drops_and_recovers_when_paused(app):
     pause(app)
+    # Earlier tests played: on a loaded machine the scale may have dropped then. Paused, it
+    # returns to full; the full size is read once that frame is served.
+    app.frame()
+    pump(app, lambda: app.frames.served >= app.frames.requested)
+    assert app.render_scale == 1.0
     h, w = app.frames.shape[:2]
     assert app.frames.wait_served(app.set_render_scale(0.5))
     assert app.frames.shape[1] < w and app.render_scale == 0.5

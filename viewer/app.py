@@ -78,6 +78,9 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         width, height: the window (viewport) size.
     """
 
+    title = TITLE
+    clear_color = _BACKGROUND
+
     def __init__(
         self,
         session: Session,
@@ -127,7 +130,6 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.frames.set_path_scale(DEFAULT_PATH_SCALE)
         self.frame_spec: FrameSpec | None = None
         self._plotted_version = -1
-        self._drag: tuple[int, float, float] | None = None
         self._gui_ms = 0.0
         self._last_draw = 0.0
         self._last_input = 0.0
@@ -135,38 +137,18 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self._inputs: list[int | str] = []
 
     # --- lifetime -----------------------------------------------------------------------
-    def build(self) -> None:
-        """Create the Dear PyGui context, viewport and every widget."""
-        dpg.create_context()
-        dpg.configure_app(manual_callback_management=True)
-        dpg.create_viewport(title=TITLE, width=self.width, height=self.height, vsync=False)
-        dpg.set_viewport_clear_color(_BACKGROUND)
-        self._theme()
-        with dpg.texture_registry():
-            pass
-        shape = self.frames.shape
-        self._make_texture(shape)
+    def _build_widgets(self) -> None:
         self._build_window()
         self._build_help()
         self._build_file_dialog()
         self._build_handlers()
-        dpg.set_viewport_resize_callback(self.callback("resize", lambda *_: self._layout()))
-        dpg.setup_dearpygui()
-        dpg.show_viewport()
-        self._built = True
-        self._layout()
+
+    def _after_build(self) -> None:
         self._sync_controls()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _before_close(self) -> None:
         # Finish a recording first, so closing the window leaves a complete file.
         self._finish_recording()
-        self.worker.close()
-        self.frames.close()
-        if self._built:
-            dpg.destroy_context()
 
     # --- the frame ----------------------------------------------------------------------
     def frame(self) -> None:
@@ -481,25 +463,6 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
                 action()
 
         return on_key
-
-    def _poll_mouse(self) -> None:
-        """Left drag orbits, right drag pans: polled each frame, starting on the image."""
-        image = self._tags["image"]
-        pos = dpg.get_mouse_pos(local=False)
-        for button, kind in ((dpg.mvMouseButton_Left, "orbit"), (dpg.mvMouseButton_Right, "pan")):
-            down = dpg.is_mouse_button_down(button)
-            if self._drag is None and down and dpg.is_item_hovered(image):
-                self._drag = (button, pos[0], pos[1])
-            elif self._drag is not None and self._drag[0] == button:
-                if not down:
-                    self._drag = None
-                    continue
-                _, x0, y0 = self._drag
-                dx, dy = pos[0] - x0, pos[1] - y0
-                if dx or dy:
-                    h = max(1.0, float(dpg.get_item_height(image) or 1))
-                    self.frames.move_camera(kind, dx / h, dy / h)
-                    self._drag = (button, pos[0], pos[1])
 
     def _on_wheel(self, sender, delta, user_data=None) -> None:
         if dpg.is_item_hovered(self._tags["image"]):

@@ -185,6 +185,7 @@ class DemoApp(SceneWindow):
         width, height: the window size.
     """
 
+    title = TITLE
     screenshot_prefix = "qgf-demo"
 
     def __init__(
@@ -216,7 +217,6 @@ class DemoApp(SceneWindow):
         self.frames.set_thickness(THICKNESS)
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         self.frame_spec: DemoFrame | None = None
-        self._drag: tuple[int, float, float] | None = None
         self._scale_changed = 0.0
         self._slider_weight: float | None = None
         self._saved: Path | None = None
@@ -226,34 +226,20 @@ class DemoApp(SceneWindow):
         self._was_playing = False
 
     # --- lifetime -----------------------------------------------------------------------
-    def build(self) -> None:
-        dpg.create_context()
-        dpg.configure_app(manual_callback_management=True)
-        dpg.create_viewport(title=TITLE, width=self.width, height=self.height, vsync=False)
-        dpg.set_viewport_clear_color((0, 0, 0, 255))
-        self._theme()
-        self._make_texture(self.frames.shape)
+    def _build_widgets(self) -> None:
         self._build_window()
         self._build_handlers()
-        dpg.set_viewport_resize_callback(self.callback("resize", lambda *_: self._layout()))
-        dpg.setup_dearpygui()
-        dpg.show_viewport()
-        self._built = True
-        self._layout()
+
+    def _after_build(self) -> None:
         self._show_weight()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _before_close(self) -> None:
         if self.recorder.is_recording:
             self.recorder.stop()
         self._close_debugger()
-        self.worker.close()
-        self.frames.close()
+
+    def _after_close(self) -> None:
         self.session.close()
-        if self._built:
-            dpg.destroy_context()
 
     # --- the frame ----------------------------------------------------------------------
     def frame(self) -> None:
@@ -435,25 +421,10 @@ class DemoApp(SceneWindow):
             self.set_render_scale(self.render_scale * SCALE_STEP)
 
     # --- mouse --------------------------------------------------------------------------
-    def _poll_mouse(self) -> None:
-        """Left drag orbits, right drag pans the one camera all panes share."""
-        image = self._tags["image"]
-        pos = dpg.get_mouse_pos(local=False)
-        for button, kind in ((dpg.mvMouseButton_Left, "orbit"), (dpg.mvMouseButton_Right, "pan")):
-            down = dpg.is_mouse_button_down(button)
-            if self._drag is None and down and dpg.is_item_hovered(image):
-                self._drag = (button, pos[0], pos[1])
-            elif self._drag is not None and self._drag[0] == button:
-                if not down:
-                    self._drag = None
-                    continue
-                _, x0, y0 = self._drag
-                dx, dy = pos[0] - x0, pos[1] - y0
-                if dx or dy:
-                    rows, _ = grid_of(len(self.session.panes))
-                    h = max(1.0, float(dpg.get_item_height(image) or 1) / rows)
-                    self.frames.move_camera(kind, dx / h, dy / h)
-                    self._drag = (button, pos[0], pos[1])
+    def _drag_unit(self) -> float:
+        """Pixels of one pane's height: all panes share the camera, each shows a row."""
+        rows, _ = grid_of(len(self.session.panes))
+        return super()._drag_unit() / rows
 
     def _on_wheel(self, sender, delta, user_data=None) -> None:
         self.nudge_weight(1 if float(delta) > 0 else -1)

@@ -22,7 +22,7 @@ import dearpygui.dearpygui as dpg
 import numpy as np
 
 from viewer.frames import FrameStream
-from viewer.worker import WorkerError
+from viewer.worker import Worker, WorkerError
 
 ERROR_RGB = (255, 85, 85)
 FPS_WINDOW = 2.0  # seconds of shown frames that scene_fps averages over
@@ -47,6 +47,9 @@ class SceneWindow:
     """
 
     frames: FrameStream
+    worker: Worker
+    title = "qgf"
+    clear_color: tuple[int, int, int, int] = (0, 0, 0, 255)
     screenshot_prefix = "qgf"
     screenshot_settle_frames = 3  # the frame buffer is read a frame or two behind
 
@@ -63,26 +66,65 @@ class SceneWindow:
         self._tags: dict[str, int | str] = {}
         self._shown_times: deque[float] = deque()
         self._upload_ms = 0.0
+        self._drag: tuple[int, float, float] | None = None  # button, x, y while dragging
         self._frame_started = 0.0
         self._rendered_seen = 0
         self._built = False
         self._closed = False
 
     # --- to be defined by the window -----------------------------------------------------
-    def build(self) -> None:
-        raise NotImplementedError
-
     def frame(self) -> None:
         raise NotImplementedError
 
     def paced_frame(self) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def _theme(self) -> None:
+        raise NotImplementedError
+
+    def _build_widgets(self) -> None:
         raise NotImplementedError
 
     def _layout(self) -> None:
         raise NotImplementedError
+
+    def _after_build(self) -> None:
+        """Set the controls from the session, once the widgets exist."""
+
+    def _before_close(self) -> None:
+        """Finish what must not be cut off (a recording), before the threads stop."""
+
+    def _after_close(self) -> None:
+        """Release what the window's threads used."""
+
+    # --- lifetime -----------------------------------------------------------------------
+    def build(self) -> None:
+        """Create the Dear PyGui context, viewport, the scene texture and every widget."""
+        dpg.create_context()
+        dpg.configure_app(manual_callback_management=True)
+        dpg.create_viewport(title=self.title, width=self.width, height=self.height, vsync=False)
+        dpg.set_viewport_clear_color(self.clear_color)
+        self._theme()
+        self._make_texture(self.frames.shape)
+        self._build_widgets()
+        dpg.set_viewport_resize_callback(self.callback("resize", lambda *_: self._layout()))
+        dpg.setup_dearpygui()
+        dpg.show_viewport()
+        self._built = True
+        self._layout()
+        self._after_build()
+
+    def close(self) -> None:
+        """Stop the worker and render threads and destroy the context (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._before_close()
+        self.worker.close()
+        self.frames.close()
+        self._after_close()
+        if self._built:
+            dpg.destroy_context()
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, frames: int | None = None, screenshot: str | os.PathLike | None = None) -> int:
@@ -171,6 +213,30 @@ class SceneWindow:
         if len(t) < 2 or time.perf_counter() - t[-1] > 1.0:
             return 0.0
         return (len(t) - 1) / (t[-1] - t[0])
+
+    # --- the camera -------------------------------------------------------------------
+    def _poll_mouse(self) -> None:
+        """Left drag orbits, right drag pans: polled each frame, starting on the image."""
+        image = self._tags["image"]
+        pos = dpg.get_mouse_pos(local=False)
+        for button, kind in ((dpg.mvMouseButton_Left, "orbit"), (dpg.mvMouseButton_Right, "pan")):
+            down = dpg.is_mouse_button_down(button)
+            if self._drag is None and down and dpg.is_item_hovered(image):
+                self._drag = (button, pos[0], pos[1])
+            elif self._drag is not None and self._drag[0] == button:
+                if not down:
+                    self._drag = None
+                    continue
+                _, x0, y0 = self._drag
+                dx, dy = pos[0] - x0, pos[1] - y0
+                if dx or dy:
+                    h = self._drag_unit()
+                    self.frames.move_camera(kind, dx / h, dy / h)
+                    self._drag = (button, pos[0], pos[1])
+
+    def _drag_unit(self) -> float:
+        """Pixels of drag that move the camera by one unit: the scene image's height."""
+        return max(1.0, float(dpg.get_item_height(self._tags["image"]) or 1))
 
     # --- errors and messages -----------------------------------------------------------
     def callback(self, what: str, fn: Callable[..., Any]) -> Callable[..., None]:
