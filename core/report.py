@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -395,19 +396,19 @@ def diagnose_checkpoint(
         source = f"env rollouts of the unguided policy (no dataset sample), seed {seed}"
         summary = {"available": False, "why": no_sample}
 
-    results, q_by_n = estimator_analyses(
+    # Every weight is analysed on the same states, noise and sampler settings.
+    analyse = partial(
+        estimator_analyses,
         policy,
         critic,
         manifold,
         obs,
-        estimators=estimators,
-        weight=weight,
-        data_actions=data_actions,
         steps=steps,
         best_of=best_of,
         seed=seed,
         horizon=config.horizon,
     )
+    results, q_by_n = analyse(estimators=estimators, weight=weight, data_actions=data_actions)
 
     with_gradient = [e for e in estimators if e not in NO_GRADIENT]
     if with_gradient:
@@ -450,18 +451,7 @@ def diagnose_checkpoint(
         if w == weight:
             at_w = results
         elif guided:
-            at_w, _ = estimator_analyses(
-                policy,
-                critic,
-                manifold,
-                obs,
-                estimators=guided,
-                weight=w,
-                steps=steps,
-                best_of=best_of,
-                seed=seed,
-                horizon=config.horizon,
-            )
+            at_w, _ = analyse(estimators=guided, weight=w)
         else:
             continue
         oracle_q = next(r for r in at_w if r.name == ORACLE).q_final
