@@ -115,7 +115,7 @@ def measure(panes: int, args) -> dict:
     """One pane count, in this process: raw and demo fps, latency, parts."""
     import torch
 
-    from benchmarks.viewer import _raw_fps
+    from benchmarks.raw_render import raw_fps
     from core.render import preset_camera
     from viewer.demo_app import DemoApp
     from viewer.demo_session import DemoSession
@@ -133,7 +133,7 @@ def measure(panes: int, args) -> dict:
         raws, demos, steps = [], [], []
         for _ in range(args.repeats):
             spec = session.frame()
-            fps, _ = _raw_fps(spec.model, spec.physics, rs, camera, args.seconds)
+            fps, _ = raw_fps(spec.model, spec.physics, rs, camera, args.seconds)
             raws.append(fps)
             fps, sps = _demo_fps(app, args.seconds)
             demos.append(fps)

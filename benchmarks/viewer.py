@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import statistics
 import sys
-import threading
 import time
 
+from benchmarks.raw_render import cpu_seconds, raw_fps
 from core.commands import args as common
 
 HELP = "viewer fps (step + sample + overlays + render + upload + GUI) vs raw mujoco.Renderer"
@@ -70,58 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _cpu() -> float:
-    """CPU seconds used by this process so far (every thread, Mesa's included)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _raw_fps(model, physics, settings, camera, seconds: float) -> tuple[float, float]:
-    """``(fps, CPU ms per frame)`` of ``mujoco.Renderer`` alone, on a thread of its own."""
-    import mujoco
-    import numpy as np
-
-    from core.envs import ensure_offscreen_buffer
-
-    result: dict[str, float | BaseException] = {}
-
-    def loop() -> None:
-        try:
-            ensure_offscreen_buffer(model, settings.width, settings.height)
-            model.vis.quality.offsamples = settings.offsamples
-            data = mujoco.MjData(model)
-            mujoco.mj_setState(model, data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
-            mujoco.mj_forward(model, data)
-            out = np.empty((settings.height, settings.width, 3), np.uint8)
-            with mujoco.Renderer(model, settings.height, settings.width) as r:
-                flags = r.scene.flags
-                n, start, cpu0 = 0, None, 0.0
-                while True:
-                    r.update_scene(data, camera)
-                    flags[mujoco.mjtRndFlag.mjRND_SHADOW] = settings.shadows
-                    flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = settings.skybox
-                    flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = settings.reflection
-                    r.render(out=out)
-                    now = time.perf_counter()
-                    if start is None:  # the first frame uploads meshes: not counted
-                        start, cpu0 = now, _cpu()
-                        continue
-                    n += 1
-                    if now - start >= seconds:
-                        result["fps"] = n / (now - start)
-                        result["cpu"] = 1000 * (_cpu() - cpu0) / n
-                        return
-        except BaseException as e:  # reported on the caller's thread
-            result["error"] = e
-
-    t = threading.Thread(target=loop, name="bench-raw-render")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return float(result["fps"]), float(result["cpu"])
-
-
 def _viewer_fps(app, seconds: float) -> tuple[float, float, float, float]:
     """``(scene fps, env steps/s, GUI fps, CPU ms per scene frame)`` playing at full speed."""
     worker, session = app.worker, app.session
@@ -132,14 +79,14 @@ def _viewer_fps(app, seconds: float) -> tuple[float, float, float, float]:
     worker.play()
     app.frame()
     shown0, steps0, gui0 = app.frames_shown, session.steps_taken, app.gui_frames
-    start, cpu0 = time.perf_counter(), _cpu()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     while time.perf_counter() - start < seconds:
         app.paced_frame()
         if session.done and not worker.playing:
             app.reset()  # keeps playing through episode ends
             worker.wait_idle(60)
             worker.play()
-    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu0
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     shown = app.frames_shown - shown0
     worker.pause()
     worker.wait_idle(60)
@@ -233,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         load_before = os.getloadavg()[0]
         raws, views, steps, guis, raw_cpu, view_cpu = [], [], [], [], [], []
         for _ in range(args.repeats):
-            fps, cpu = _raw_fps(spec.model, spec.physics, rs, camera, args.seconds)
+            fps, cpu = raw_fps(spec.model, spec.physics, rs, camera, args.seconds)
             raws.append(fps)
             raw_cpu.append(cpu)
             fps, sps, gui, cpu = _viewer_fps(app, args.seconds)
