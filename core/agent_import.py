@@ -699,13 +699,16 @@ def import_agent(
         raise AgentImportError(f"{params_file}: {e}") from e
     except OSError as e:
         raise AgentImportError(f"cannot read {params_file}: {e}") from e
-    parts = read_agent_parts(tree)
     space = make_env(env)
     obs_dim = int(np.prod(space.observation_space.shape))
     action_dim = int(np.prod(space.action_space.shape))
-    inferred = infer_config(parts, env, obs_dim, action_dim, options, flags)
-    config = inferred.config
-    policy, critic, target_critic, onestep = build_networks(parts, config)
+    try:
+        parts = read_agent_parts(tree)
+        inferred = infer_config(parts, env, obs_dim, action_dim, options, flags)
+        config = inferred.config
+        policy, critic, target_critic, onestep = build_networks(parts, config)
+    except AgentImportError as e:
+        raise AgentImportError(f"{params_file}: {e}") from e
     sample, fingerprint = _dataset_sample(data, env, obs_dim, action_dim)
     if data is None:
         notes.append("no --data: distance to the data will show as unavailable")
