@@ -177,15 +177,15 @@ def _replacement(value: Any, rng: random.Random) -> Any:
     elif isinstance(value, int):
         choices += [value + 1, value - 1, -value, value * 1000, rng.choice(HUGE)]
     elif isinstance(value, float):
-        choices += [value * 2, -value, float(int(value))]
+        choices += [value * 2, -value, round(value, 1)]
     elif isinstance(value, list) and value:
         choices += [value[:-1], value + value[-1:], value[::-1]]
     return rng.choice(choices)
 
 
 def mutate_json_tree(tree: Any, rng: random.Random) -> tuple[Any, str]:
-    """One structural change to a JSON tree: a value replaced, a key dropped or added, or
-    (harmless) nothing: ``(new tree, description)``."""
+    """One structural change to a JSON tree: a value replaced by one of another type or an
+    extreme one, a key dropped, or a key added: ``(new tree, description)``."""
     tree = json.loads(json.dumps(tree))
     paths = _paths(tree)
     path = rng.choice(paths[1:] or paths)
@@ -221,6 +221,8 @@ def split_safetensors(data: bytes) -> tuple[dict, bytes]:
 
 
 def join_safetensors(header: Any, body: bytes, text: str | None = None) -> bytes:
+    """A safetensors file of ``header`` (or the header's JSON ``text``) and ``body``, the
+    header padded to 8 bytes as safetensors writes it."""
     raw = (text if text is not None else json.dumps(header, separators=(",", ":"))).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + body
@@ -231,8 +233,8 @@ DTYPES = ("F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "I8", "F8_E4M3", "U6
 
 def mutate_safetensors(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     """One change to a safetensors file's header: a tensor's dtype, shape or byte range, a
-    tensor dropped, renamed or added, the metadata or any value changed, or the declared
-    header length made huge or off by a little."""
+    tensor dropped or renamed, any value of the header (the metadata too) changed as
+    ``mutate_json_tree`` does, or the declared header length made huge or wrong."""
     header, body = split_safetensors(data)
     names = [k for k in header if k != "__metadata__"]
     op = rng.choice(("dtype", "shape", "offsets", "drop", "rename", "json", "json", "length"))
@@ -347,6 +349,10 @@ class FileType:
         """Read the seeds and load each unmutated (in the worker, once)."""
         raise NotImplementedError
 
+    def seed_cases(self) -> dict[str, dict[str, bytes]]:
+        """Every unmutated case by name: its files, named as a case writes them."""
+        raise NotImplementedError
+
     def mutate(self, seed: int) -> tuple[str, Mutated]:
         """The seed case and its mutation for case ``seed``."""
         raise NotImplementedError
@@ -419,6 +425,9 @@ class CheckpointFiles(FileType):
         self.seed = _read_dir(root / "ck")
         self.config = json.loads(self.seed["config.json"])
 
+    def seed_cases(self) -> dict[str, dict[str, bytes]]:
+        return {"ck": dict(self.seed)}
+
     def mutate(self, seed: int) -> tuple[str, Mutated]:
         from core.checkpoints import CONFIG_FILE, SAMPLE_FILE, WEIGHTS_FILE
 
@@ -486,6 +495,9 @@ class TimelineFiles(FileType):
     def setup(self, root: Path) -> None:
         self.root = root
         self.seed = (root / "run.timeline.safetensors").read_bytes()
+
+    def seed_cases(self) -> dict[str, dict[str, bytes]]:
+        return {"tl": {"run.timeline.safetensors": self.seed}}
 
     def mutate(self, seed: int) -> tuple[str, Mutated]:
         rng = random.Random(seed)
@@ -596,6 +608,9 @@ class DatasetFiles(FileType):
         self.seeds = {name: (root / name).read_bytes() for name in self.SEEDS}
         self.env = make_env(ENV)
 
+    def seed_cases(self) -> dict[str, dict[str, bytes]]:
+        return {name: {"data.npz": data} for name, data in self.seeds.items()}
+
     def mutate(self, seed: int) -> tuple[str, Mutated]:
         rng = random.Random(seed)
         name = self.SEEDS[seed % 2]
@@ -705,6 +720,9 @@ class PickleFiles(FileType):
 
         self.seeds = {case: (root / f"{case}.pkl").read_bytes() for case in PICKLE_CASES}
         self.env = core.envs.make_env(ENV)
+
+    def seed_cases(self) -> dict[str, dict[str, bytes]]:
+        return {case: {"params_5.pkl": data} for case, data in self.seeds.items()}
 
     def mutate(self, seed: int) -> tuple[str, Mutated]:
         rng = random.Random(seed)
@@ -856,6 +874,19 @@ def run_case(ftype: FileType, seed: int, work: Path, baseline: dict[str, dict]) 
         shutil.rmtree(case, ignore_errors=True)
 
 
+def load_seeds(ftype: FileType, work: Path) -> dict[str, dict[str, Any]]:
+    """The summary of every unmutated case of ``ftype`` (written under ``work``)."""
+    out = {}
+    for name, files in ftype.seed_cases().items():
+        case = work / f"seed-{name}"
+        case.mkdir()
+        for file, data in files.items():
+            (case / file).write_bytes(data)
+        out[name] = ftype.load(case, name)
+        shutil.rmtree(case)
+    return out
+
+
 def _worker(conn: Any, kind: str, root: str, headroom: int) -> None:
     """A worker process: set up ``kind``, then run the seeds it is sent until ``None``."""
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -869,14 +900,7 @@ def _worker(conn: Any, kind: str, root: str, headroom: int) -> None:
     ftype.setup(Path(root) / kind)
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{kind}-"))
     try:
-        baseline = {}
-        for name in _seed_names(ftype):
-            case = work / "seed"
-            case.mkdir()
-            for file, data in _seed_files(ftype, name).items():
-                (case / file).write_bytes(data)
-            baseline[name] = ftype.load(case, name)
-            shutil.rmtree(case)
+        baseline = load_seeds(ftype, work)
         for seed in range(3):  # warm up the paths a refusal takes before measuring
             run_case(ftype, seed, work, baseline)
         _limit_address_space(headroom)
@@ -888,26 +912,6 @@ def _worker(conn: Any, kind: str, root: str, headroom: int) -> None:
             conn.send(outcome)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _seed_names(ftype: FileType) -> list[str]:
-    if isinstance(ftype, DatasetFiles):
-        return list(ftype.SEEDS)
-    if isinstance(ftype, PickleFiles):
-        return list(PICKLE_CASES)
-    return ["ck" if isinstance(ftype, CheckpointFiles) else "tl"]
-
-
-def _seed_files(ftype: FileType, name: str) -> dict[str, bytes]:
-    """The unmutated files of seed case ``name``, under the names a case writes."""
-    if isinstance(ftype, CheckpointFiles):
-        return dict(ftype.seed)
-    if isinstance(ftype, TimelineFiles):
-        return {"run.timeline.safetensors": ftype.seed}
-    if isinstance(ftype, DatasetFiles):
-        return {"data.npz": ftype.seeds[name]}
-    assert isinstance(ftype, PickleFiles)
-    return {"params_5.pkl": ftype.seeds[name]}
 
 
 class Worker:

@@ -1,7 +1,8 @@
 """benchmarks/fuzz_files.py: every file qgf reads (checkpoints, timelines, OGBench datasets,
 imported pickles), mutated by seed, either loads to the same numbers or is refused with its
 named error, in a worker guarded against hangs and memory blow-ups; the cases that found
-loader bugs, replayed; and the command line's face for a few bad files.
+loader bugs, replayed; and the command line's face for a few bad files (``qgf view --open``
+on a bad timeline is tested in tests/test_timeline_file.py).
 
 ``QGF_FUZZ_CASES`` sets the cases per file type (default 200; ``qgf bench fuzz_files`` runs
 1,000 per type and prints the table).
@@ -22,6 +23,7 @@ from benchmarks.fuzz_files import (
     TYPES,
     Outcome,
     fuzz,
+    load_seeds,
     make_seeds,
     mutate_bytes,
     run_case,
@@ -108,21 +110,13 @@ FOUND = [
 
 
 @pytest.fixture(scope="module")
-def loaded(seeds):
+def loaded(seeds, tmp_path_factory):
     """Each file type set up in this process, with its unmutated loads."""
-    from benchmarks.fuzz_files import _seed_files, _seed_names
-
     out = {}
     for kind in TYPES:
         ftype = FILE_TYPES[kind]()
         ftype.setup(seeds / kind)
-        baseline = {}
-        for name in _seed_names(ftype):
-            case = seeds / f"baseline-{kind}-{name}"
-            case.mkdir()
-            for file, data in _seed_files(ftype, name).items():
-                (case / file).write_bytes(data)
-            baseline[name] = ftype.load(case, name)
+        baseline = load_seeds(ftype, tmp_path_factory.mktemp(f"baseline-{kind}"))
         out[kind] = (ftype, baseline)
     return out
 
@@ -185,9 +179,3 @@ def test_bad_files_end_commands_with_one_line_naming_the_problem(seeds, tmp_path
     env = "cube-single-play-singletask-task2-v0"
     imported = qgf("import", str(pkl), "--env", env, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert_one_line(imported, "import", "params_5.pkl", "truncated")
-
-    timeline = tmp_path / "bad.timeline.safetensors"
-    data = (seeds / "timeline" / "run.timeline.safetensors").read_bytes()
-    timeline.write_bytes(data[:8] + b"\xff\xfe" + data[10:])
-    opened = qgf("view", "--open", str(timeline), "--frames", "1", cwd=tmp_path)
-    assert_one_line(opened, "view", "bad.timeline.safetensors")
