@@ -4,7 +4,7 @@ named error, in a worker guarded against hangs and memory blow-ups; the cases th
 loader bugs, replayed; and the command line's face for a few bad files (``qgf view --open``
 on a bad timeline is tested in tests/test_timeline_file.py).
 
-``QGF_FUZZ_CASES`` sets the cases per file type (default 200; ``qgf bench fuzz_files`` runs
+``QGF_FUZZ_CASES`` sets the cases per file type (default 100; ``qgf bench fuzz_files`` runs
 1,000 per type and prints the table).
 """
 
@@ -32,7 +32,7 @@ from benchmarks.fuzz_files import (
 
 pytestmark = pytest.mark.slow
 
-CASES = int(os.environ.get("QGF_FUZZ_CASES", "200"))
+CASES = int(os.environ.get("QGF_FUZZ_CASES", "100"))
 REPO = Path(__file__).resolve().parent.parent
 
 
