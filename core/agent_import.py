@@ -439,9 +439,9 @@ def _setting(
 
 
 def _activation(name: Any) -> str:
-    if name in FLAX_ACTIVATIONS:
+    if isinstance(name, str) and name in FLAX_ACTIVATIONS:
         return FLAX_ACTIVATIONS[name]
-    if name in ACTIVATIONS:
+    if isinstance(name, str) and name in ACTIVATIONS:
         return name
     raise AgentImportError(
         f"activation {name!r} is not supported (flax names: {sorted(FLAX_ACTIVATIONS)}; "
@@ -686,13 +686,16 @@ def import_agent(
     flags = read_run_flags(params_file)
     if flags:
         notes.append(f"read the run's settings from {params_file.parent / 'flags.json'}")
+    origin = "" if env else f"{params_file.parent / 'flags.json'} env_name: "
     env = env or flags.get("env_name")
     if not env:
         raise AgentImportError("name the env the agent acts in (--env); no flags.json says")
+    if not isinstance(env, str):
+        raise AgentImportError(f"{origin}the env name is a {type(env).__name__}, not a string")
     try:
         env = parse_name(env).name
     except ValueError as e:
-        raise AgentImportError(str(e)) from e
+        raise AgentImportError(f"{origin}{e}") from e
     try:
         tree = safe_pickle.load(params_file)
     except safe_pickle.UnsafePickleError as e:
