@@ -698,10 +698,26 @@ def _npy_header(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return out.getvalue(), f"{target.filename} header {change}: {text[:60]!r}"
 
 
+# A run's flags.json as both codebases write it, with what the importer reads from it.
+RUN_FLAGS = {
+    "env_name": ENV,
+    "seed": 0,
+    "agent": {
+        "agent_name": "qgf",
+        "activation": "gelu",
+        "flow_steps": 10,
+        "q_agg": "min",
+        "value_network_class": "MLP",
+        "encoder": None,
+    },
+}
+
+
 class PickleFiles(FileType):
     """A reference agent's ``params_5.pkl`` (QGF release and FQL layouts), imported as
     ``qgf import`` does. Beyond format-blind bytes: a string or bytes opcode's declared
-    length made huge or wrong."""
+    length made huge or wrong. Every fifth case leaves the pickle as it is and puts a
+    mutated ``flags.json`` beside it, the env then taken from it (``qgf import RUN``)."""
 
     name = "pickle"
 
@@ -728,6 +744,14 @@ class PickleFiles(FileType):
         rng = random.Random(seed)
         case = PICKLE_CASES[seed % len(PICKLE_CASES)]
         data = self.seeds[case]
+        if seed % 5 == 4:
+            if rng.random() < 0.7:
+                tree, what = mutate_json_tree(RUN_FLAGS, rng)
+                flags = dump_json(tree, rng).encode()
+            else:
+                flags, what = mutate_bytes(json.dumps(RUN_FLAGS).encode(), rng)
+            files = {"params_5.pkl": data, "flags.json": flags}
+            return case, Mutated(files, f"flags.json: {what}", sealed=False)
         if rng.random() < 0.3:
             data, what = _pickle_length(data, rng)
         else:
@@ -745,7 +769,8 @@ class PickleFiles(FileType):
         make_env = core.envs.make_env
         core.envs.make_env = lambda name, *a, **k: self.env  # type: ignore[assignment]
         try:
-            report = import_agent(case / "params_5.pkl", case / "imported", ENV)
+            env = None if (case / "flags.json").exists() else ENV
+            report = import_agent(case / "params_5.pkl", case / "imported", env)
         finally:
             core.envs.make_env = make_env
         config = asdict(report.config)

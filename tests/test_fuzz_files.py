@@ -106,6 +106,12 @@ FOUND = [
     # An agent of an unknown layout: the error did not name the file.
     ("pickle", 6, "fql: flip bits [", "AgentImportError", "params_5.pkl: unknown agent layout"),
     ("pickle", 327, "duplicate 84 bytes", "AgentImportError", "params_5.pkl: the agent has no"),
+    # A run's flags.json naming the env with a list, or the activation with an object:
+    # TypeErrors from the name's regular expression and a dict lookup; a bad env name from
+    # flags.json did not name the file.
+    ("pickle", 209, "flags.json: env_name = [1, 2]", "AgentImportError", "is a list, not a"),
+    ("pickle", 734, "flags.json: agent/activation = {}", "AgentImportError", "activation {}"),
+    ("pickle", 444, "flags.json: env_name = ", "AgentImportError", "flags.json env_name: not"),
 ]  # fmt: skip
 
 
