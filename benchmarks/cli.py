@@ -18,10 +18,10 @@ import importlib.util
 import subprocess
 import sys
 
-HELP = "benchmarks: guidance, viewer, record, landscape, sweep (prints a table)"
+HELP = "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files (prints a table)"
 
 # The order `qgf bench` runs them in; a name whose module is absent is skipped.
-BENCHMARKS = ("guidance", "viewer", "record", "landscape", "sweep")
+BENCHMARKS = ("guidance", "viewer", "record", "landscape", "sweep", "fuzz_files")
 
 
 def available() -> list[str]:

@@ -439,9 +439,9 @@ def _setting(
 
 
 def _activation(name: Any) -> str:
-    if name in FLAX_ACTIVATIONS:
+    if isinstance(name, str) and name in FLAX_ACTIVATIONS:
         return FLAX_ACTIVATIONS[name]
-    if name in ACTIVATIONS:
+    if isinstance(name, str) and name in ACTIVATIONS:
         return name
     raise AgentImportError(
         f"activation {name!r} is not supported (flax names: {sorted(FLAX_ACTIVATIONS)}; "
@@ -686,26 +686,32 @@ def import_agent(
     flags = read_run_flags(params_file)
     if flags:
         notes.append(f"read the run's settings from {params_file.parent / 'flags.json'}")
+    origin = "" if env else f"{params_file.parent / 'flags.json'} env_name: "
     env = env or flags.get("env_name")
     if not env:
         raise AgentImportError("name the env the agent acts in (--env); no flags.json says")
+    if not isinstance(env, str):
+        raise AgentImportError(f"{origin}the env name is a {type(env).__name__}, not a string")
     try:
         env = parse_name(env).name
     except ValueError as e:
-        raise AgentImportError(str(e)) from e
+        raise AgentImportError(f"{origin}{e}") from e
     try:
         tree = safe_pickle.load(params_file)
     except safe_pickle.UnsafePickleError as e:
         raise AgentImportError(f"{params_file}: {e}") from e
     except OSError as e:
         raise AgentImportError(f"cannot read {params_file}: {e}") from e
-    parts = read_agent_parts(tree)
     space = make_env(env)
     obs_dim = int(np.prod(space.observation_space.shape))
     action_dim = int(np.prod(space.action_space.shape))
-    inferred = infer_config(parts, env, obs_dim, action_dim, options, flags)
-    config = inferred.config
-    policy, critic, target_critic, onestep = build_networks(parts, config)
+    try:
+        parts = read_agent_parts(tree)
+        inferred = infer_config(parts, env, obs_dim, action_dim, options, flags)
+        config = inferred.config
+        policy, critic, target_critic, onestep = build_networks(parts, config)
+    except AgentImportError as e:
+        raise AgentImportError(f"{params_file}: {e}") from e
     sample, fingerprint = _dataset_sample(data, env, obs_dim, action_dim)
     if data is None:
         notes.append("no --data: distance to the data will show as unavailable")

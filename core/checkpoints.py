@@ -252,12 +252,53 @@ class CheckpointConfig:
                 raise CheckpointError(
                     f"{CONFIG_FILE}: {name} must be a list of widths >= 1, got {widths!r}"
                 )
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+        eps = self.layer_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise CheckpointError(f"{CONFIG_FILE}: layer_norm_eps must be > 0")
         if self.time_embedding == "raw" and self.time_dim != 1:
             raise CheckpointError(f"{CONFIG_FILE}: raw time needs time_dim 1, got {self.time_dim}")
-        if not isinstance(self.source, dict):
-            raise CheckpointError(f"{CONFIG_FILE}: source must be an object")
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                wanted = " or ".join(_JSON_NAMES[k] for k in kinds)
+                raise CheckpointError(
+                    f"{CONFIG_FILE}: {name} must be {wanted}, got {type(value).__name__}"
+                )
+        for name, digest in self.files.items():
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(f"{CONFIG_FILE}: files names {name!r}, not a plain file name")
+            if not isinstance(digest, str):
+                raise CheckpointError(f"{CONFIG_FILE}: the sha256 of {name} is not a string")
+
+
+# The JSON type of every config field not checked by value in ``validate`` (a wrong type
+# there fails later, e.g. ``files`` of numbers when the hashes are compared).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "env": (str,),
+    "dataset": (str,),
+    "task": (int, type(None)),
+    "layer_norm": (bool,),
+    "training_steps": (int,),
+    "data_fingerprint": (dict,),
+    "train": (dict,),
+    "code_version": (str,),
+    "wall_time_s": (int, float),
+    "files": (dict,),
+    "created": (str,),
+    "policy_norm_last_hidden": (bool,),
+    "critic_layer_norm": (bool, type(None)),
+    "value_network": (bool,),
+    "onestep_policy": (bool,),
+    "source": (dict,),
+}
+_JSON_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 @dataclass
@@ -483,7 +524,7 @@ def _check_safetensors(file: Path) -> None:
         header = f.read(n)
     try:
         meta = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{file.name} is not a safetensors file (bad header: {e})") from e
     if not isinstance(meta, dict):
         raise CheckpointError(f"{file.name} is not a safetensors file (header is not a table)")
@@ -533,14 +574,21 @@ def read_config(path: str | os.PathLike, verify: bool = True) -> CheckpointConfi
 def _group_weights(
     flat: Mapping[str, torch.Tensor], config: CheckpointConfig
 ) -> dict[str, dict[str, torch.Tensor]]:
-    with torch.device("meta"):
-        expected = {
-            "policy": config.build_policy().state_dict(),
-            "critic": config.build_critic().state_dict(),
-        }
-        onestep = config.build_onestep()
-        if onestep is not None:
-            expected[ONESTEP_GROUP] = onestep.state_dict()
+    # Built on the meta device (no memory), so widths of any size are compared with the
+    # file's tensors before anything is allocated.
+    try:
+        with torch.device("meta"):
+            expected = {
+                "policy": config.build_policy().state_dict(),
+                "critic": config.build_critic().state_dict(),
+            }
+            onestep = config.build_onestep()
+            if onestep is not None:
+                expected[ONESTEP_GROUP] = onestep.state_dict()
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(
+            f"the architecture in {CONFIG_FILE} cannot be built: {str(e).splitlines()[0]}"
+        ) from e
     expected["target_critic"] = expected["critic"]
     names = config.weight_groups()
     groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in names}

@@ -37,7 +37,7 @@ SUMMARIES = {
     "record": "record rollout videos, one tiled panel per (weight, estimator)",
     "diagnose": "estimator analyses on a checkpoint: noise sensitivity, Q, distance to data",
     "sweep": "guidance sweeps as Ray tasks (local or a cluster), resumable, one report",
-    "bench": "benchmarks: guidance, viewer, record, landscape, sweep (prints a table)",
+    "bench": "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files (prints a table)",
     "import": "import a QGF-release or FQL JAX agent (params_<step>.pkl) as a checkpoint",
 }
 

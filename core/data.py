@@ -27,6 +27,9 @@ import json
 import multiprocessing as mp
 import os
 import time
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -428,25 +431,78 @@ class DatasetError(ValueError):
     """A dataset file is missing, unreadable, or does not match its environment."""
 
 
-def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every array in an ``.npz`` without decompressing the data."""
-    import zipfile
+# Deflate expands at most ~1032-fold; a member declaring more is damaged or a zip bomb.
+_DEFLATE_MAX_RATIO = 1032
+# What reading a damaged or hostile .npz can raise, from zipfile, zlib and numpy's header
+# parser (which tokenizes and evaluates the header as a Python literal).
+_NPZ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    ValueError,
+    OSError,
+    EOFError,
+    SyntaxError,
+    tokenize.TokenError,
+    RecursionError,
+    NotImplementedError,
+)
 
+
+def _check_member(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose declared size its compressed bytes cannot hold, before any
+    of it is read (np.load allocates the declared size up front)."""
+    stored, deflated = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
+    if info.compress_type not in (stored, deflated):
+        raise DatasetError(
+            f"{path}: member {info.filename!r} uses zip compression method "
+            f"{info.compress_type}; .npz files are stored or deflated"
+        )
+    most = info.compress_size * (1 if info.compress_type == stored else _DEFLATE_MAX_RATIO)
+    if info.file_size > most + 64:
+        raise DatasetError(
+            f"{path}: member {info.filename!r} declares {info.file_size} bytes, more than its "
+            f"{info.compress_size} stored bytes can hold (damaged, or a zip bomb)"
+        )
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an ``.npz`` without decompressing the data.
+
+    The size each header declares must be what its zip member holds, so that neither a
+    damaged header nor a damaged zip entry makes a reader allocate more than the file has.
+    """
     headers = {}
     try:
         with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
+            for info in zf.infolist():
+                member = info.filename
                 if not member.endswith(".npy"):
                     continue
-                with zf.open(member) as f:
+                _check_member(path, info)
+                with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
                         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                     else:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                headers[member[: -len(".npy")]] = (shape, dtype)
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise DatasetError(f"{path}: not a readable .npz file ({e})") from e
+                    offset = f.tell()
+                key = member[: -len(".npy")]
+                if dtype.hasobject:
+                    raise DatasetError(
+                        f"{path}: key {key!r} holds Python objects (pickle); refused"
+                    )
+                if any(n < 0 for n in shape):
+                    raise DatasetError(f"{path}: key {key!r} declares a negative shape {shape}")
+                size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if offset + size != info.file_size:
+                    raise DatasetError(
+                        f"{path}: key {key!r} declares shape {shape} of {dtype} ({size} bytes), "
+                        f"its zip member holds {info.file_size - offset}"
+                    )
+                headers[key] = (shape, dtype)
+    except _NPZ_ERRORS as e:
+        raise DatasetError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
     return headers
 
 
@@ -494,8 +550,8 @@ def validate_file(path: str | os.PathLike, facts: _EnvFacts, env_name: str) -> i
         if key not in headers:
             continue
         shape, dtype = headers[key]
-        if dtype.hasobject:
-            raise DatasetError(f"{path}: key {key!r} holds Python objects (pickle); refused")
+        if dtype.kind not in "biuf":
+            raise DatasetError(f"{path}: key {key!r} has dtype {dtype}, expected numbers")
         if tuple(shape) != (n, *tail):
             want = "[" + ", ".join(["N", *map(str, tail)]) + "]"
             raise DatasetError(
@@ -592,7 +648,10 @@ def load_dataset(
 
     parts = []
     for f in files:
-        part = ogbench.load_dataset(str(f), compact_dataset=False, add_info=True)
+        try:
+            part = ogbench.load_dataset(str(f), compact_dataset=False, add_info=True)
+        except _NPZ_ERRORS as e:  # data past its checked headers: a bad CRC, bad deflate data
+            raise DatasetError(f"{f}: its arrays cannot be read ({type(e).__name__}: {e})") from e
         relabel_dataset(parsed.env_id, env, part)
         parts.append(part)
     keys = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")

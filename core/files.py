@@ -59,12 +59,15 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict:
     """The JSON object in the file at ``path``; ``error`` (named with the path) when the file
-    is not JSON, not UTF-8, or holds something other than an object."""
+    is not JSON, not UTF-8, nests deeper than the parser's recursion, or holds something
+    other than an object."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise error(f"{path} is not valid JSON: it nests too deeply") from e
     if not isinstance(data, dict):
         raise error(f"{path} does not hold a JSON object")
     return data

@@ -682,10 +682,17 @@ class _Reader:
         try:
             with torch.device("meta"):
                 net = cls.from_architecture(d["architecture"])
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RuntimeError) as e:
             raise TimelineError(f"the {role}'s architecture cannot be built: {e}") from e
-        net = net.to_empty(device="cpu").to(dtype)
         state = {k: torch.from_numpy(self.array(v)) for k, v in d["tensors"].items()}
+        # Checked on the meta device, before the network is given memory: the stored weights
+        # are as big as the file, the architecture's widths could ask for any size.
+        want = {k: tuple(t.shape) for k, t in net.state_dict().items()}
+        if want != {k: tuple(t.shape) for k, t in state.items()}:
+            raise TimelineError(
+                f"the {role}'s weights do not fit its architecture {d['architecture']}"
+            )
+        net = net.to_empty(device="cpu").to(dtype)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -765,6 +772,8 @@ def read_timeline(
         return _timeline(json.loads(document), tensors, path, device, Path(checkpoint_root))
     except TimelineError as e:
         raise TimelineError(f"{path}: {e}") from e
+    except RecursionError as e:
+        raise TimelineError(f"{path}: malformed timeline document (it nests too deeply)") from e
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, CheckpointError) as e:
         raise TimelineError(f"{path}: malformed timeline document ({type(e).__name__}: {e})") from e
 
