@@ -61,6 +61,7 @@ class Worker:
         self.playing = False
         self.speed = REAL_TIME_STEPS  # steps per second; 0 = as fast as possible
         self.commands_run = 0
+        self.episodes_ended = 0  # episodes that play ran to their end (a loop moves on then)
         self._pending: OrderedDict[str, Command] = OrderedDict()
         self._cv = threading.Condition()
         self._busy = False
@@ -156,6 +157,7 @@ class Worker:
                 if key == "play" and self.session.done:
                     # The episode has ended: stop where it ended, so its last frame stays.
                     self.playing = False
+                    self.episodes_ended += 1
             except Exception as e:  # a command's error must never end the worker
                 self._report(key, e)
                 if key == "play":
