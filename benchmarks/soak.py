@@ -170,8 +170,9 @@ class Soak:
     def play_for(self, seconds: float) -> None:
         """Play (resumed if a tool paused it), counting frames, wall and CPU time."""
         app = self.app
-        if not app.worker.playing and not app.worker.busy and not app.session.done:
-            app.worker.play()
+        if not app.worker.playing and not app.worker.busy:
+            # As a presenter would: Play (at an ended episode with loop on: the next one).
+            app.play_pause()
         w0, c0, f0 = time.perf_counter(), cpu_seconds(), app.frames_shown
         end = w0 + seconds
         while time.perf_counter() < end:
@@ -433,11 +434,13 @@ def child(args: argparse.Namespace) -> dict:
         finally:
             soak.close()
         gl = app.frames.stats.gl
+        ended = app.worker.episodes_ended
     finally:
         app.close()
     result = summarize(soak.samples, args.warmup, args.window)
     result.update(
         window="demo, 2 panes" if args.demo else "debugger",
+        episodes_ended=ended,
         actions=soak.actions,
         driver_errors=soak.driver_errors,
         samples=[asdict(s) for s in soak.samples],

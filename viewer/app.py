@@ -98,6 +98,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.loop = False
         self.loop_hold = LOOP_HOLD
         self._loop_at: float | None = None
+        self._loop_state: tuple[int, int] = (-1, -1)  # session version, worker pauses at the end
         self.panels: list[Callable[[ViewerApp], None]] = []
         self.on_tick: list[Callable[[ViewerApp], None]] = []
         self._fit = render is None
@@ -285,6 +286,9 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
 
     def play_pause(self, *_: Any) -> None:
         if self.session.done and not self.worker.playing:
+            if self.loop:
+                self.next_episode()
+                return
             self.report("the episode has ended: press R to reset")
             return
         self.worker.toggle()
@@ -294,6 +298,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.loop = bool(value)
         ended = self.session.done and not self.worker.playing
         self._loop_at = time.monotonic() if self.loop and ended else None
+        self._loop_state = self._loop_now()
 
     def next_episode(self, *_: Any) -> None:
         """Start the episode of the next seed (the seed control follows) and play it."""
@@ -305,17 +310,23 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("reset", advance)
         self.worker.play()
 
+    def _loop_now(self) -> tuple[int, int]:
+        return self.session.version, self.worker.pauses
+
     def _loop_tick(self, _app: ViewerApp) -> None:
         """Every GUI frame: with loop on, ``loop_hold`` seconds after play ran an episode to
-        its end, the next one starts (unless the episode was reset or played meanwhile)."""
+        its end, the next one starts; anything done in between (a pause, a scrub, a branch,
+        a new sample, a reset) keeps the ended episode on screen instead."""
         ended = self.worker.episodes_ended
         if ended != self._ended_seen:
             self._ended_seen = ended
             self._loop_at = time.monotonic() + self.loop_hold if self.loop else None
+            self._loop_state = self._loop_now()
         if self._loop_at is None or time.monotonic() < self._loop_at:
             return
         self._loop_at = None
-        if self.loop and self.session.done and not self.worker.playing:
+        untouched = self._loop_now() == self._loop_state and not self.worker.busy
+        if self.loop and untouched and self.session.done and not self.worker.playing:
             self.next_episode()
 
     def single_step(self, *_: Any) -> None:
