@@ -128,6 +128,7 @@ class Sample:
     items: int  # Dear PyGui items alive
     threads: int
     timeline_mb: float  # the debugger's episode records; 0 for the demo
+    episode_steps: int  # steps in the debugger's active branch
     errors: int
 
 
@@ -186,6 +187,7 @@ class Soak:
 
         app, session = self.app, self.app.session
         timeline = 0 if self.demo else session.timeline_nbytes()
+        episode_steps = 0 if self.demo else session.step_index
         self.samples.append(
             Sample(
                 t=time.perf_counter() - self._t0,
@@ -200,6 +202,7 @@ class Soak:
                 items=len(dpg.get_all_items()),
                 threads=threading.active_count(),
                 timeline_mb=timeline / 2**20,
+                episode_steps=episode_steps,
                 errors=self.errors(),
             )
         )
@@ -384,6 +387,10 @@ def summarize(samples: list[Sample], warmup: float, window: float) -> dict:
         "threads_warm": base.threads,
         "threads_end": last.threads,
         "timeline_mb_max": max(s.timeline_mb for s in samples),
+        "timeline_kb_per_step": max(
+            (1024 * s.timeline_mb / s.episode_steps for s in samples if s.episode_steps >= 20),
+            default=math.nan,
+        ),
         "errors": last.errors,
     }
 
@@ -493,9 +500,15 @@ def print_table(r: dict, args: argparse.Namespace, load: tuple[float, float]) ->
         )
     print(
         f"Dear PyGui items {r['items_warm']} after warm-up, {r['items_end']} at the end "
-        f"(max {r['items_max']}); threads {r['threads_warm']} -> {r['threads_end']}; "
-        f"episode records at most {r['timeline_mb_max']:.1f} MB"
+        f"(max {r['items_max']}); threads {r['threads_warm']} -> {r['threads_end']}"
     )
+    if not r["window"].startswith("demo"):
+        kb = r["timeline_kb_per_step"]
+        print(
+            f"episode records (the timeline; a new episode drops the last one's): at most "
+            f"{r['timeline_mb_max']:.1f} MB, {kb:.1f} KB per step; kept for every step of a "
+            f"2-hour demo they would take {kb * REAL_TIME_STEPS * 7200 / 2**20:.1f} GB"
+        )
     ok = "ok" if r["errors"] == 0 else "FAILED"
     print(f"exceptions: {r['errors']} {ok}")
     for e in r["driver_errors"]:

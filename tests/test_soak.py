@@ -29,7 +29,8 @@ SECONDS = float(os.environ.get("QGF_SOAK_SECONDS", "300"))
 def _sample(t: float, rss: float, play: float, frames: int, cpu: float, steps: int = 0):
     return Sample(
         t=t, rss_mb=rss, cpu=cpu, frames=frames, steps=steps, episodes=1, play_wall=play,
-        play_cpu=cpu, play_frames=frames, items=10, threads=3, timeline_mb=0.0, errors=0,
+        play_cpu=cpu, play_frames=frames, items=10, threads=3, timeline_mb=0.0,
+        episode_steps=0, errors=0,
     )  # fmt: skip
 
 
