@@ -171,8 +171,10 @@ class Soak:
     def play_for(self, seconds: float) -> None:
         """Play (resumed if a tool paused it), counting frames, wall and CPU time."""
         app = self.app
-        if not app.worker.playing and not app.worker.busy:
-            # As a presenter would: Play (at an ended episode with loop on: the next one).
+        waiting = getattr(app, "_loop_at", None) is not None  # the debugger's loop moves on
+        if not app.worker.playing and not app.worker.busy and not waiting:
+            # As a presenter would: Play (at an ended episode with loop on: the next one,
+            # where a tool used at the end made the loop give way).
             app.play_pause()
         w0, c0, f0 = time.perf_counter(), cpu_seconds(), app.frames_shown
         end = w0 + seconds

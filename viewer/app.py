@@ -325,7 +325,8 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         if self._loop_at is None or time.monotonic() < self._loop_at:
             return
         self._loop_at = None
-        untouched = self._loop_now() == self._loop_state and not self.worker.busy
+        # (The sweep plot's own request, made as play stops, changes neither.)
+        untouched = self._loop_now() == self._loop_state
         if self.loop and untouched and self.session.done and not self.worker.playing:
             self.next_episode()
 
