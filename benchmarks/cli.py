@@ -7,7 +7,7 @@ imported only when they run, so ``qgf bench guidance`` never loads the viewer.
 
 ``qgf bench`` with no name runs every benchmark in a process of its own: a Dear PyGui window
 and MuJoCo's EGL in one process break later EGL contexts (``bench record`` after
-``bench viewer`` failed with EGL_BAD_ACCESS).
+``bench viewer`` failed with EGL_BAD_ACCESS). The soak (hours) runs only when named.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ import importlib.util
 import subprocess
 import sys
 
-HELP = "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files (prints a table)"
+HELP = "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files, soak (prints a table)"
 
 # The order `qgf bench` runs them in; a name whose module is absent is skipped.
 BENCHMARKS = ("guidance", "viewer", "record", "landscape", "sweep", "fuzz_files")
+# Run only when named: too long for a run of every benchmark.
+NAMED_ONLY = ("soak",)
 
 
-def available() -> list[str]:
-    """The benchmarks whose module exists."""
-    return [name for name in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{name}")]
+def available(named: bool = True) -> list[str]:
+    """The benchmarks whose module exists (``named``: with those run only when named)."""
+    names = BENCHMARKS + (NAMED_ONLY if named else ())
+    return [name for name in names if importlib.util.find_spec(f"benchmarks.{name}")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "name",
         nargs="?",
         choices=names,
-        help=f"benchmark to run (default: all of {', '.join(names)})",
+        help=f"benchmark to run (default: all of {', '.join(available(named=False))})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="with no NAME: each benchmark's quick mode"
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         options = args.options + (["--quick"] if args.quick else [])
         return int(module.run(parser.parse_args(options)) or 0)
     failed = []
-    for name in available():
+    for name in available(named=False):
         parser, _ = _parser(name)
         options = ["--quick"] if args.quick else []
         _, unknown = parser.parse_known_args(options)

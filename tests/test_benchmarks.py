@@ -35,7 +35,7 @@ def fakes(monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks.fake_a", _fake("fake_a", calls))
     monkeypatch.setitem(sys.modules, "benchmarks.fake_b", _fake("fake_b", calls, quick=False))
     monkeypatch.setattr(cli, "BENCHMARKS", ("fake_a", "missing", "fake_b"))
-    monkeypatch.setattr(cli, "available", lambda: ["fake_a", "fake_b"])
+    monkeypatch.setattr(cli, "available", lambda named=True: ["fake_a", "fake_b"])
 
     def in_process(name: str, options: list[str]) -> int:  # the fakes live in this process
         parser, module = cli._parser(name)
@@ -64,6 +64,10 @@ def test_bench_without_a_name_runs_every_one_and_passes_quick_where_known(fakes,
         _bench(["--n", "2"])
 
 
+def test_the_soak_runs_only_when_named():
+    assert "soak" in cli.available() and "soak" not in cli.available(named=False)
+
+
 def test_each_benchmark_of_a_full_run_gets_a_process_of_its_own(capfd):
     assert cli.run_apart("guidance", ["--help"]) == 0
     assert "qgf bench guidance" in capfd.readouterr().out
@@ -72,7 +76,7 @@ def test_each_benchmark_of_a_full_run_gets_a_process_of_its_own(capfd):
 def test_available_lists_existing_modules_in_order():
     names = cli.available()
     assert names[0] == "guidance"
-    assert all(n in cli.BENCHMARKS for n in names)
+    assert all(n in cli.BENCHMARKS + cli.NAMED_ONLY for n in names)
 
 
 def test_qgf_bench_guidance_prints_the_table(capsys):

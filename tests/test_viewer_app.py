@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -277,3 +278,50 @@ def test_record_button_writes_what_the_scene_shows(app, tmp_path, monkeypatch):
     assert len(gifs) == 1 and iio.imread(gifs[0], index=None).shape[1:3] == (h, w)
     dpg.set_value(app._tags["record_format"], "mp4")
     dpg.set_value(app._tags["record_caption"], True)
+
+
+@window
+def test_loop_plays_the_next_seeds_episode_and_gives_way_to_a_pause(app):
+    import gymnasium
+
+    limit = app.session.env
+    while not isinstance(limit, gymnasium.wrappers.TimeLimit):
+        limit = limit.env
+    app.worker.pause()
+    app.reset()
+    settle(app)
+    seed, episode, steps = app.session.settings.seed, app.session.episode, limit._max_episode_steps
+    limit._max_episode_steps = 3  # short episodes (reset keeps the limit)
+    app.worker.set_speed(0)
+    app.loop_hold = 1.0
+    try:
+        invoke(app._tags["loop"], True)
+        app.play_pause()
+        pump(app, lambda: app.session.episode >= episode + 2, timeout=120)
+        assert app.session.settings.seed >= seed + 2
+        settle(app)
+        assert int(dpg_value(app._tags["seed"])) == app.session.settings.seed
+        # A pause while the ended episode is held keeps it on screen.
+        pump(app, lambda: app.session.done and not app.worker.playing, timeout=120)
+        app.worker.pause()
+        ended = app.session.episode
+        end = time.monotonic() + 1.5 * app.loop_hold
+        while time.monotonic() < end:
+            app.frame()
+        assert app.session.episode == ended and app.session.done
+        # Play there (loop on) starts the next episode.
+        app.play_pause()
+        pump(app, lambda: app.session.episode == ended + 1, timeout=60)
+    finally:
+        invoke(app._tags["loop"], False)
+        limit._max_episode_steps = steps
+        app.worker.set_speed(20)
+        app.worker.pause()
+        app.command("reset", lambda s: s.reset(seed=seed))
+        settle(app)
+
+
+def dpg_value(tag):
+    import dearpygui.dearpygui as dpg
+
+    return dpg.get_value(tag)

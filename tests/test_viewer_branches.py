@@ -3,6 +3,8 @@ restore and replay, and what a branch costs and draws. No window."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 import mujoco
@@ -193,6 +195,17 @@ def test_reset_starts_over_with_one_branch(session):
     session.reset()
     assert len(session.branches) == 1 and session.branch.parent is None
     assert session.step_index == 0
+
+
+def test_reset_lets_the_old_episodes_branches_go(session):
+    # The per-branch curve cache kept them alive: over a long run every episode's branches.
+    play(session, 3)
+    session.branch_from(1, weight=0.4)
+    session.switch_branch(0)
+    old = [weakref.ref(b) for b in session.branches]
+    session.reset()
+    gc.collect()
+    assert all(ref() is None for ref in old)
 
 
 def test_branch_inside_a_chunk_samples_a_new_chunk():

@@ -301,6 +301,43 @@ def test_worker_plays_and_pauses(session):
         w.close()
 
 
+def test_worker_counts_the_episodes_play_ran_to_their_end():
+    from viewer.worker import Worker
+
+    class Episode:
+        """Three steps, then done (all the worker asks of a session)."""
+
+        def __init__(self) -> None:
+            self.steps = 0
+
+        @property
+        def done(self) -> bool:
+            return self.steps >= 3
+
+        def step(self) -> None:
+            self.steps += 1
+
+    episode = Episode()
+    w = Worker(episode)
+    try:
+        w.set_speed(0)
+        w.play()
+        end = time.monotonic() + 30
+        while w.playing and time.monotonic() < end:
+            time.sleep(0.01)
+        assert w.wait_idle(30)
+        # Play stops where the episode ended and says so (the viewer's loop moves on then).
+        assert not w.playing and episode.steps == 3 and w.episodes_ended == 1
+        w.submit("reset", lambda e: setattr(e, "steps", 0))
+        w.play()
+        end = time.monotonic() + 30
+        while w.episodes_ended < 2 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert w.episodes_ended == 2
+    finally:
+        w.close()
+
+
 # --- the render thread ------------------------------------------------------------------
 
 

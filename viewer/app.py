@@ -53,6 +53,7 @@ from viewer.widgets import (
     ERROR_SECONDS,
     IDLE_GUI_FPS,
     LEGEND_HEIGHT,
+    LOOP_HOLD,
     MAX_GUI_FPS,
     PLOT_HEIGHT,
     STATUS_HEIGHT,
@@ -92,6 +93,12 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.session = session
         # View preferences live here, not in the session's settings.
         self.log_weight = True  # the weight slider's scale: log10 w, else w
+        # Loop: an episode played to its end is followed by the next seed's (for a screen
+        # left running); its last frame stays ``loop_hold`` seconds first.
+        self.loop = False
+        self.loop_hold = LOOP_HOLD
+        self._loop_at: float | None = None
+        self._loop_state: tuple[int, int] = (-1, -1)  # session version, worker pauses at the end
         self.panels: list[Callable[[ViewerApp], None]] = []
         self.on_tick: list[Callable[[ViewerApp], None]] = []
         self._fit = render is None
@@ -105,6 +112,8 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.landscape = LandscapeView(self)
         self.panels.append(self.landscape.build)
         self.on_tick.append(self.landscape.tick)
+        self.on_tick.append(self._loop_tick)
+        self._ended_seen = self.worker.episodes_ended
         self.frames = FrameStream(
             self.session.frame,
             render,
@@ -277,9 +286,49 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
 
     def play_pause(self, *_: Any) -> None:
         if self.session.done and not self.worker.playing:
+            if self.loop:
+                self.next_episode()
+                return
             self.report("the episode has ended: press R to reset")
             return
         self.worker.toggle()
+
+    def on_loop(self, sender, value, user_data=None) -> None:
+        """Loop on or off; turned on at an episode that has ended, it moves on at once."""
+        self.loop = bool(value)
+        ended = self.session.done and not self.worker.playing
+        self._loop_at = time.monotonic() if self.loop and ended else None
+        self._loop_state = self._loop_now()
+
+    def next_episode(self, *_: Any) -> None:
+        """Start the episode of the next seed (the seed control follows) and play it."""
+
+        def advance(session: Session) -> None:
+            session.reset(seed=session.settings.seed + 1)
+            self._resync = True
+
+        self.command("reset", advance)
+        self.worker.play()
+
+    def _loop_now(self) -> tuple[int, int]:
+        return self.session.version, self.worker.pauses
+
+    def _loop_tick(self, _app: ViewerApp) -> None:
+        """Every GUI frame: with loop on, ``loop_hold`` seconds after play ran an episode to
+        its end, the next one starts; anything done in between (a pause, a scrub, a branch,
+        a new sample, a reset) keeps the ended episode on screen instead."""
+        ended = self.worker.episodes_ended
+        if ended != self._ended_seen:
+            self._ended_seen = ended
+            self._loop_at = time.monotonic() + self.loop_hold if self.loop else None
+            self._loop_state = self._loop_now()
+        if self._loop_at is None or time.monotonic() < self._loop_at:
+            return
+        self._loop_at = None
+        # (The sweep plot's own request, made as play stops, changes neither.)
+        untouched = self._loop_now() == self._loop_state
+        if self.loop and untouched and self.session.done and not self.worker.playing:
+            self.next_episode()
 
     def single_step(self, *_: Any) -> None:
         self.worker.pause()

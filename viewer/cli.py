@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--play", action="store_true", help="start playing (with --frames: step while running)"
     )
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="at the end of an episode played, go on with the next seed's episode (a screen "
+        "left running; the window's 'loop' box)",
+    )
+    parser.add_argument(
         "--toy", action="store_true", help="the paper's 1-D and 2-D toy examples (no robot)"
     )
     parser.add_argument(
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
         app = ViewerApp(session, width=args.width, height=args.height)
         app.open_timeline(timeline)
+        app.loop = args.loop
         if not app.worker.wait_idle(120.0) or session.branches is not timeline.branches:
             why = "; ".join(e.message for e in app.worker.errors) or "timed out"
             app.close()
@@ -181,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from viewer.app import ViewerApp
 
     app = ViewerApp(session, width=args.width, height=args.height)
+    app.loop = args.loop
     if args.play:
         app.worker.play()
     return app.run(frames=args.frames, screenshot=args.screenshot)

@@ -144,6 +144,9 @@ class ControlsMixin:
                 t["max_speed"] = dpg.add_checkbox(
                     label="max", callback=cb("speed", self.on_max_speed)
                 )
+                t["loop"] = dpg.add_checkbox(
+                    label="loop", default_value=self.loop, callback=cb("loop", self.on_loop)
+                )
             with dpg.group(horizontal=True):
                 # Scrubs the recorded steps of this episode; the right end is the live step.
                 t["timeline"] = dpg.add_slider_int(

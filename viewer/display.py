@@ -16,6 +16,7 @@ from pathlib import Path
 
 SCREEN = "1280x800x24"
 _STARTUP_TIMEOUT = 15.0
+_ATTEMPTS = 10
 _server: subprocess.Popen | None = None
 
 
@@ -46,29 +47,50 @@ def ensure_display(screen: str = SCREEN) -> str | None:
     Raises:
         RuntimeError: Xvfb is installed but did not come up.
     """
-    global _server
     if os.environ.get("DISPLAY"):
         return os.environ["DISPLAY"]
     binary = shutil.which("Xvfb")
     if binary is None:
         return None
-    number = _free_display()
+    # Two processes starting at once can pick the same free number; the one whose server
+    # did not get the display's lock tries the next number.
+    for _ in range(_ATTEMPTS):
+        number = _start(binary, _free_display(), screen)
+        if number is not None:
+            os.environ["DISPLAY"] = f":{number}"
+            return os.environ["DISPLAY"]
+    raise RuntimeError(f"Xvfb found no free display in {_ATTEMPTS} attempts")
+
+
+def _start(binary: str, number: int, screen: str) -> int | None:
+    """Start Xvfb on ``number``; the number once this server holds it, None when another
+    server took it first."""
+    global _server
     _server = subprocess.Popen(
         [binary, f":{number}", "-screen", "0", screen, "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     atexit.register(stop_xvfb)
-    socket = Path(f"/tmp/.X11-unix/X{number}")
+    lock = Path(f"/tmp/.X{number}-lock")
     end = time.monotonic() + _STARTUP_TIMEOUT
-    while not socket.exists():
+    while not (Path(f"/tmp/.X11-unix/X{number}").exists() and _lock_pid(lock) == _server.pid):
         if _server.poll() is not None:
             err = _server.stderr.read().decode(errors="replace") if _server.stderr else ""
             _server = None
+            if "already active" in err or _lock_pid(lock) is not None:
+                return None  # another server holds this display
             raise RuntimeError(f"Xvfb :{number} exited at start: {err.strip()[-500:]}")
         if time.monotonic() > end:
             stop_xvfb()
             raise RuntimeError(f"Xvfb :{number} did not start within {_STARTUP_TIMEOUT:.0f} s")
         time.sleep(0.05)
-    os.environ["DISPLAY"] = f":{number}"
-    return os.environ["DISPLAY"]
+    return number
+
+
+def _lock_pid(lock: Path) -> int | None:
+    """The process id in an X server's lock file (None: no file, or not written yet)."""
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None

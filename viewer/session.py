@@ -556,6 +556,7 @@ class Session:
         first = self._arrive(np.asarray(obs), index=0, chunk_from=None)
         self.branches = [Branch(id=0, parent=None, fork=0, history=[], current=first)]
         self.active = 0
+        self._curve_cache.clear()  # it would keep the last episode's other branches alive
         self._bump()
         return self.current
 
@@ -825,6 +826,7 @@ class Session:
         self._install(policy, timeline.critic, self._onestep_of(timeline.checkpoint_path))
         self._label = timeline.installed_label
         self.branches = timeline.branches
+        self._curve_cache.clear()
         self.active, self.viewing = timeline.active, timeline.viewing
         self.episode, self.steps_taken = timeline.episode, timeline.steps_taken
         self._bump()

@@ -75,6 +75,8 @@ CONTROLS_WIDTH = 390
 PLOT_HEIGHT = 215
 LEGEND_HEIGHT = 20
 ERROR_SECONDS = 20.0
+# With "loop" on, an episode's last frame stays this long before the next seed's episode.
+LOOP_HOLD = 1.0
 # Weight slider ranges: linear [0, W_LINEAR_MAX]; log10 w in [W_LOG_MIN, W_LOG_MAX].
 W_LINEAR_MAX = 0.3
 W_LOG_MIN, W_LOG_MAX = -3.0, 0.0

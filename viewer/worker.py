@@ -61,6 +61,8 @@ class Worker:
         self.playing = False
         self.speed = REAL_TIME_STEPS  # steps per second; 0 = as fast as possible
         self.commands_run = 0
+        self.episodes_ended = 0  # episodes that play ran to their end (a loop moves on then)
+        self.pauses = 0  # calls of pause (a loop waiting to move on gives way to one)
         self._pending: OrderedDict[str, Command] = OrderedDict()
         self._cv = threading.Condition()
         self._busy = False
@@ -85,6 +87,7 @@ class Worker:
     def pause(self) -> None:
         with self._cv:
             self.playing = False
+            self.pauses += 1
             self._cv.notify_all()
 
     def toggle(self) -> bool:
@@ -155,7 +158,11 @@ class Worker:
                 command(self.session)
                 if key == "play" and self.session.done:
                     # The episode has ended: stop where it ended, so its last frame stays.
-                    self.playing = False
+                    # Counted only if play was still on (not paused while the step ran).
+                    with self._cv:
+                        if self.playing:
+                            self.episodes_ended += 1
+                        self.playing = False
             except Exception as e:  # a command's error must never end the worker
                 self._report(key, e)
                 if key == "play":
