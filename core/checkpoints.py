@@ -51,7 +51,7 @@ from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
 from core import __version__
-from core.files import read_json_object
+from core.files import check_output_dir, read_json_object, write_failure
 from core.models import (
     ACTIVATIONS,
     AGGREGATIONS,
@@ -368,7 +368,7 @@ def save_checkpoint(
     if (onestep is not None) != config.onestep_policy:
         raise ValueError("pass a one-step policy exactly when config.onestep_policy is set")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         weights = {
@@ -406,9 +406,12 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _swap_in(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failure = write_failure(path, e)
+        if failure is None:
+            raise
+        raise failure from e
     return path
 
 

@@ -53,6 +53,7 @@ from core.checkpoints import (
     sha256_arrays,
 )
 from core.defaults import DEFAULT_ENV
+from core.files import check_output_dir
 from core.models import Critic, VelocityField
 
 
@@ -386,7 +387,9 @@ def train(
 
     out = Path(out)
     log_dir = Path(log_dir) if log_dir is not None else Path("runs") / out.name
-    log_dir.mkdir(parents=True, exist_ok=True)
+    # A read-only or full output disk fails here, before any step is trained.
+    check_output_dir(out.parent)
+    check_output_dir(log_dir)
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)

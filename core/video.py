@@ -39,6 +39,8 @@ from types import TracebackType
 
 import numpy as np
 
+from core.files import OutputError, check_output_dir
+
 VIDEO_FORMATS = {".mp4": "mp4", ".gif": "gif"}
 PARTIAL_TAG = ".partial"
 X264_PRESETS = (
@@ -86,8 +88,8 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Check that a video can be written at ``path``, without writing it.
 
-    Checks the extension, that the directory exists and is writable (by creating and
-    removing a probe file there, which also catches read-only mounts), and that ``path`` is
+    Checks the extension, that the directory exists and is writable (``check_output_dir``'s
+    one-byte probe file, which also catches read-only mounts and a full disk), and that ``path`` is
     not a directory. An existing file at ``path`` is fine: it is replaced, atomically, only
     when the new recording is complete.
 
@@ -110,14 +112,12 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         raise VideoPathError(f"cannot write video {str(p)!r}: it is a directory")
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".qgf-probe-")
-    except OSError as err:
+        check_output_dir(parent)
+    except OutputError as err:
+        reason = os.strerror(err.errno).lower() if err.errno else str(err)
         raise VideoPathError(
-            f"cannot write video {str(p)!r}: "
-            f"directory {str(parent)!r} is not writable ({err.strerror})"
+            f"cannot write video {str(p)!r}: directory {str(parent)!r} is not writable ({reason})"
         ) from None
-    os.close(fd)
-    os.unlink(probe)
     return p
 
 
