@@ -30,15 +30,17 @@ after the new one is in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -416,7 +418,12 @@ def save_checkpoint(
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` onto ``path``; an old ``path`` is moved aside and removed after."""
+    """Rename ``tmp`` onto ``path``; an old ``path`` is moved aside and removed after.
+
+    Between the two renames no checkpoint is under ``path``: Ctrl-C and SIGTERM are held
+    back until both are done (they then interrupt as usual), and a process killed outright
+    there leaves both directories, which ``recover_checkpoint`` puts back.
+    """
     if not path.exists():
         os.rename(tmp, path)
         return
@@ -426,13 +433,57 @@ def _swap_in(tmp: Path, path: Path) -> None:
         )
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
     os.rmdir(old)
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
+    with _signals_held():
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread for the block; one that came meanwhile is
+    delivered when it ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def recover_checkpoint(path: str | os.PathLike) -> bool:
+    """Put back a checkpoint that a killed save left under temporary names.
+
+    A save writes ``.NAME.tmp-*`` whole (``config.json`` last), moves the old checkpoint to
+    ``.NAME.old-*`` and renames the new one onto ``NAME``. Killed between those renames it
+    leaves no ``NAME``: the newest complete ``.tmp-`` directory (else the ``.old-`` one)
+    becomes ``NAME`` again. Leftovers of a killed save beside an existing ``NAME`` are
+    removed. Returns whether a checkpoint was put back.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return False
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    leftovers = [p for p in path.parent.glob(f".{path.name}.*") if p.name.startswith(prefixes)]
+    leftovers = [p for p in leftovers if p.is_dir()]
+    restored = False
+    if not path.exists():
+        complete = [p for p in leftovers if (p / CONFIG_FILE).is_file()]
+        # A complete new one first (it is newer than the old one), newest first.
+        complete.sort(key=lambda p: (".tmp-" in p.name, p.stat().st_mtime_ns), reverse=True)
+        if complete:
+            os.rename(complete[0], path)
+            leftovers.remove(complete[0])
+            restored = True
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -10,10 +10,10 @@ and the exit status is 2 (as for a bad option); ``--debug``, accepted by every c
 shows the whole traceback instead.
 
 Signals: Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143 (128 + the signal's number, as
-a shell reports them). SIGTERM is raised as ``Terminated``, a ``KeyboardInterrupt``, so a
-polite kill runs every cleanup that Ctrl-C runs: temporary files removed, a partial video
-kept, a sweep's outstanding tasks cancelled, a checkpoint left whole. A signal that the
-process inherited as ignored stays ignored.
+a shell reports them). SIGTERM is raised as ``core.interrupts.Terminated``, a
+``KeyboardInterrupt``, so a polite kill runs every cleanup that Ctrl-C runs: temporary files
+removed, a partial video kept, a sweep's outstanding tasks cancelled, a checkpoint left
+whole. A signal that the process inherited as ignored stays ignored.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import signal
 import sys
-import threading
 from importlib.metadata import entry_points
 from types import ModuleType
+
+from core.interrupts import Terminated, interrupted_status, sigterm_raises
 
 CORE_COMMANDS = {
     "datagen": "core.commands.datagen",
@@ -48,28 +48,6 @@ SUMMARIES = {
     "bench": "benchmarks: guidance, viewer, record, landscape, sweep (prints a table)",
     "import": "import a QGF-release or FQL JAX agent (params_<step>.pkl) as a checkpoint",
 }
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: raised where the program is, as Ctrl-C raises ``KeyboardInterrupt``."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def handle_sigterm() -> None:
-    """Make SIGTERM raise ``Terminated`` in the main thread, unless it is ignored (a parent
-    that ignores it for this process meant it) or handled already (by a host program)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def interrupted_status(e: KeyboardInterrupt) -> int:
-    """The exit status of an interrupted command: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 class DefaultsShown(argparse.HelpFormatter):
@@ -115,6 +93,19 @@ def _top_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # From the start: a signal while the command's modules are imported is an interruption
+    # too, not a traceback.
+    try:
+        with sigterm_raises():
+            return _run(argv)
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        name = f"qgf {argv[0]}" if argv and not argv[0].startswith("-") else "qgf"
+        print(f"{name}: {what}", file=sys.stderr)
+        return interrupted_status(e)
+
+
+def _run(argv: list[str]) -> int:
     commands = _commands()
     top = _top_parser(commands)
     if not argv or argv[0] in ("-h", "--help"):
@@ -135,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(rest)
     except SystemExit as e:  # a bad option (argparse printed it) or --help
         return int(e.code or 0)
-    handle_sigterm()
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"qgf {name}: {what}", file=sys.stderr)
-        return interrupted_status(e)
     except Exception as e:
         if args.debug:
             raise

@@ -472,7 +472,7 @@ class SweepOutcome:
             is the full traceback.
         interrupted: the run stopped early (Ctrl-C or SIGTERM); unfinished cells run next
             time.
-        terminated: it was SIGTERM (``core.cli.Terminated``) that stopped it.
+        terminated: it was SIGTERM (``core.interrupts.Terminated``) that stopped it.
         wall_s: the run's wall time.
         tasks_s: from submitting the first task to the last result (without loading the
             checkpoints and starting the cluster); 0 when nothing ran.
@@ -505,7 +505,7 @@ def connect(address: str | None = None, cpus: int | None = None) -> None:
     ogbench: ``pip install`` this project there).
 
     ``ray.init`` replaces the SIGTERM handler with one that exits at once; the one in place
-    before (``qgf``'s, which raises ``core.cli.Terminated`` like Ctrl-C) is put back, so a
+    before (``qgf``'s, which raises ``core.interrupts.Terminated`` like Ctrl-C) is put back, so a
     terminated sweep cancels its tasks and keeps every finished cell as Ctrl-C does.
     """
     import ray
@@ -701,7 +701,7 @@ def run_sweep(
                 )
             submit()
     except KeyboardInterrupt as e:
-        from core.cli import Terminated
+        from core.interrupts import Terminated
 
         outcome.interrupted = True
         outcome.terminated = isinstance(e, Terminated)

@@ -1,5 +1,8 @@
 """The ``qgf`` command line: every error one line and exit status 2, tracebacks on --debug."""
 
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,45 @@ def test_view_takes_an_agent_to_import_past_the_checkpoint_check(
     assert main(["view", str(agent)]) == 2  # no display: it stops there, not at the path
     err = capsys.readouterr().err
     assert "no display" in err and "no checkpoint" not in err
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def _command_module(monkeypatch, run):
+    import importlib.machinery
+    import types
+
+    from core import cli
+
+    module = types.ModuleType("fake_command")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_command", None)
+    module.HELP = "fake"
+    module.add_arguments = lambda parser: None
+    module.run = run
+    monkeypatch.setitem(sys.modules, "fake_command", module)
+    monkeypatch.setattr(cli, "CORE_COMMANDS", {**cli.CORE_COMMANDS, "fake": "fake_command"})
+
+
+def _terminate_self(args) -> int:
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not interrupt the command")
+
+
+def test_sigterm_interrupts_a_command_with_status_143(monkeypatch, capsys):
+    _command_module(monkeypatch, _terminate_self)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["fake"]) == 143
+    assert capsys.readouterr().err.strip() == "qgf fake: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before  # the host's handling is put back
+
+
+def test_an_ignored_sigterm_stays_ignored(monkeypatch):
+    seen = []
+    _command_module(monkeypatch, lambda args: seen.append(signal.getsignal(signal.SIGTERM)))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert main(["fake"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIG_IGN]

@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         ) as recording:
             result = recording.run(video, progress=not args.quiet)
     except KeyboardInterrupt as e:
-        from core.cli import Terminated, interrupted_status
+        from core.interrupts import Terminated, interrupted_status
 
         kept = video.kept
         print(
