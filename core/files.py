@@ -20,6 +20,7 @@ all refuse. A disk that fills up during the work fails at the write itself, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,13 +59,15 @@ def write_failure(path: str | os.PathLike, error: BaseException) -> OutputError 
 
 def check_output_dir(directory: str | os.PathLike) -> Path:
     """Make ``directory`` (and its parents) if missing and prove that files can be written
-    there, by writing and removing a one-byte probe file. Returns the directory.
+    there, by writing and removing a one-byte probe file. Returns the directory; on failure
+    the directories it made are removed again.
 
     Raises:
         OutputError: naming the directory and the reason (read-only file system, no space
             left on device, permission denied, not a directory).
     """
     directory = Path(directory).expanduser()
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".qgf-probe-", dir=directory)
@@ -74,6 +77,9 @@ def check_output_dir(directory: str | os.PathLike) -> Path:
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
         failure = write_failure(directory, e)
         if failure is None:
             raise
