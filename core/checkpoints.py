@@ -39,6 +39,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -440,21 +441,39 @@ def _swap_in(tmp: Path, path: Path) -> None:
         except BaseException:
             os.rename(old, path)
             raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread for the block; one that came meanwhile is
-    delivered when it ends."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    """Hold SIGINT and SIGTERM back for the block: one that comes meanwhile is noted, and
+    handled as it would have been once the block is done.
+
+    Python runs signal handlers in the main thread only, so a block on another thread is
+    never interrupted; in the main thread the handlers are swapped for one that takes
+    note. (Blocking the signals with ``pthread_sigmask`` would not do: the kernel hands a
+    signal sent to the process to any thread that does not block it, torch's among them.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, lambda n, frame: came.append(n))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for number in came[:1]:
+            handler = previous[signal.Signals(number)]
+            if callable(handler):
+                handler(number, None)
+            else:  # the default action (SIGTERM ends the process): as it would have come
+                os.kill(os.getpid(), number)
 
 
 def recover_checkpoint(path: str | os.PathLike) -> bool:
