@@ -116,7 +116,6 @@ class Scenario:
     name: str
     argv: Callable[[Path], list[str]]
     result: Callable[[Path], object]  # what the reference and a resumed run must agree on
-    prepare: Callable[[Path], None] = lambda work: None
 
 
 def _qgf(*args: str) -> list[str]:
@@ -432,7 +431,6 @@ def try_point(
 ) -> None:
     """One signalled run (``delay`` after the start, or after ``after``: see
     ``run_signalled``) and its rerun (by ``rerun``), counted into ``tally``."""
-    scenario.prepare(work)
     argv = scenario.argv(work)
     status, output = run_signalled(argv, work, signame, delay, after)
     tally.points += 1
@@ -476,7 +474,6 @@ def reference_of(scenario: Scenario, root: Path, run: Runner = run_to_end) -> tu
     signal."""
     work = root / f"ref-{scenario.name}"
     work.mkdir()
-    scenario.prepare(work)
     start = time.monotonic()
     run(scenario.argv(work), work)
     return scenario.result(work), time.monotonic() - start

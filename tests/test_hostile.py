@@ -227,6 +227,17 @@ def test_a_checkpoint_that_does_not_fit_leaves_nothing(small_disk):
     assert list(small_disk.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_a_video_that_does_not_fit_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """ffmpeg reports the full disk only in its log: still one line naming the file."""
+    with _tmpfs(tmp_path / "tiny", "size=8k") as disk:
+        out = disk / "r.mp4"
+        argv = ["record", CHECKPOINT, "--weights", "0,0.1", "--max-steps", "8", "--quiet"]
+        assert main([*argv, "--size", "160x120", "--candidates", "2", "--out", str(out)]) == 2
+        _one_line_error(capsys, "record", out, PROBLEMS["full"])
+        assert list(disk.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- no GL
 
 
