@@ -94,18 +94,6 @@ def _no_work(*args, **kwargs):
     raise AssertionError("the work started before the output was checked")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from core.data import GenerationConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("data")
-    config = GenerationConfig(
-        "cube-single-play-v0", episodes=1, val_episodes=1, max_episode_steps=20
-    )
-    return Path(generate_dataset(config, out, progress=False).train_path)
-
-
-@pytest.mark.slow
 def test_datagen(hostile, capsys, monkeypatch):
     import core.data
 
@@ -117,20 +105,27 @@ def test_datagen(hostile, capsys, monkeypatch):
     assert _final_files(directory) == []
 
 
-@pytest.mark.slow
-def test_train(hostile, dataset, capsys, monkeypatch):
-    import core.training
+def test_train(hostile, tmp_path, capsys, monkeypatch):
+    import core.data
 
     directory, problem = hostile
-    monkeypatch.setattr(core.training, "chunk_transitions", _no_work)
-    argv = ["train", "--data", str(dataset), "--steps", "2", "--hidden", "8", "--no-progress"]
+    monkeypatch.setattr(core.data, "load_dataset", _no_work)
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--steps",
+        "2",
+        "--hidden",
+        "8",
+        "--no-progress",
+    ]
     argv += ["--eval-every", "0", "--threads", "1", "--out", str(directory / "ck")]
     assert main([*argv, "--log-dir", str(directory / "logs")]) == 2
     _one_line_error(capsys, "train", directory, problem)
     assert _final_files(directory) == []
 
 
-@pytest.mark.slow
 def test_eval_out(hostile, capsys, monkeypatch):
     import core.evaluation
 
@@ -152,7 +147,6 @@ def test_record(hostile, capsys, monkeypatch):
     assert _final_files(directory) == []
 
 
-@pytest.mark.slow
 def test_sweep(hostile, capsys, monkeypatch):
     import core.sweep
 

@@ -41,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluation import evaluate, write_result
     from core.files import check_output_dir
 
-    out = args.out or args.checkpoint
-    check_output_dir(out)  # a read-only or full disk fails before any episode
     common.set_threads(args.threads)
     args.device = common.resolve_device(args.device)
     policy, critic, config = load_checkpoint(args.checkpoint, args.device)
+    out = args.out or args.checkpoint
+    check_output_dir(out)  # a read-only or full disk fails before any episode
     result = evaluate(
         policy,
         critic,
