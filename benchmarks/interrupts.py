@@ -64,16 +64,18 @@ _TIMELINE_CHILD = r"""
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
-from core.interrupts import interrupted_status, sigterm_raises
-from viewer.session import Session, Settings
-from viewer.timeline_file import save_timeline
+from core.interrupts import interrupted_status, interruption, sigterm_raises
 
 
 def main(work: Path, saves: int) -> None:
+    # Imported here, where a signal is an interruption (as in qgf's commands).
+    import numpy as np
+    import torch
+
+    from core.checkpoints import CheckpointConfig, DatasetSample, save_checkpoint
+    from viewer.session import Session, Settings
+    from viewer.timeline_file import save_timeline
+
     torch.manual_seed(0)
     config = CheckpointConfig(
         env="cube-single-play-singletask-task2-v0", dataset="cube-single-play-v0", task=2,
@@ -101,8 +103,11 @@ def main(work: Path, saves: int) -> None:
 try:
     with sigterm_raises():
         main(Path(sys.argv[1]), int(sys.argv[2]))
-except KeyboardInterrupt as e:
-    sys.exit(interrupted_status(e))
+except BaseException as e:
+    stop = interruption(e)
+    if stop is None:
+        raise
+    sys.exit(interrupted_status(stop))
 """
 
 
@@ -284,8 +289,7 @@ def final_files(work: Path) -> list[Path]:
 
 def check_file(path: Path) -> None:
     """Load ``path`` whole by its kind; raises when it is corrupt."""
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".timeline.safetensors") else ""
-    if suffix == ".timeline.safetensors":
+    if path.name.endswith(".timeline.safetensors"):
         from viewer.timeline_file import read_timeline
 
         read_timeline(path, device="cpu")

@@ -25,7 +25,7 @@ import sys
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from core.interrupts import Terminated, interrupted_status, sigterm_raises
+from core.interrupts import interrupted_status, interruption, sigterm_raises, terminated
 
 CORE_COMMANDS = {
     "datagen": "core.commands.datagen",
@@ -98,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_raises():
             return _run(argv)
-    except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+    except BaseException as e:
+        stop = interruption(e)
+        if stop is None:
+            raise
         name = f"qgf {argv[0]}" if argv and not argv[0].startswith("-") else "qgf"
-        print(f"{name}: {what}", file=sys.stderr)
-        return interrupted_status(e)
+        print(f"{name}: {'terminated' if terminated(stop) else 'interrupted'}", file=sys.stderr)
+        return interrupted_status(stop)
 
 
 def _run(argv: list[str]) -> int:
@@ -129,7 +131,7 @@ def _run(argv: list[str]) -> int:
     try:
         return int(module.run(args) or 0)
     except Exception as e:
-        if args.debug:
+        if args.debug or interruption(e) is not None:
             raise
         print(f"qgf {name}: error: {error_line(e)} (--debug: traceback)", file=sys.stderr)
         return 2

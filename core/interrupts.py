@@ -7,6 +7,12 @@ is not finalised, a sweep's tasks are not cancelled. ``sigterm_raises`` makes SI
 polite kill too; ``interrupted_status`` is then 143 (128 + 15, as a shell reports a process
 killed by SIGTERM) instead of Ctrl-C's 130.
 
+Two ways an interruption changes shape on its way up, both handled here: Ray turns any
+exception raised by a signal handler while it waits into a plain ``KeyboardInterrupt`` (so
+whether SIGTERM came is also noted when it comes: ``terminated``), and an interrupt during a
+C extension's import surfaces as ``ImportError: initialization failed`` caused by it
+(``interruption`` finds it in the chain).
+
 These live apart from ``core.cli`` because ``python -m core.cli`` runs that module as
 ``__main__``: a class defined there would exist twice, and ``isinstance`` checks elsewhere
 would miss the copy that was raised.
@@ -24,8 +30,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: raised where the program is, as Ctrl-C raises ``KeyboardInterrupt``."""
 
 
+_sigterm_came = threading.Event()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _sigterm_came.set()
     raise Terminated
+
+
+def terminated(e: KeyboardInterrupt) -> bool:
+    """Whether ``e`` came from SIGTERM (itself a ``Terminated``, or raised in its place)."""
+    return isinstance(e, Terminated) or _sigterm_came.is_set()
+
+
+def interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` that ``error`` is or was caused by, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _raise_on_sigterm() -> None:
@@ -43,6 +70,7 @@ def sigterm_raises() -> Iterator[None]:
     called from a test or a notebook leaves the host's handling as it was)."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    _sigterm_came.clear()
     _raise_on_sigterm()
     try:
         yield
@@ -53,4 +81,4 @@ def sigterm_raises() -> Iterator[None]:
 
 def interrupted_status(e: KeyboardInterrupt) -> int:
     """The exit status of an interrupted command: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if terminated(e) else signal.SIGINT)

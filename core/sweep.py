@@ -701,10 +701,10 @@ def run_sweep(
                 )
             submit()
     except KeyboardInterrupt as e:
-        from core.interrupts import Terminated
+        from core.interrupts import terminated
 
         outcome.interrupted = True
-        outcome.terminated = isinstance(e, Terminated)
+        outcome.terminated = terminated(e)
         # Cooperative cancellation: force-killing the workers raced tasks that were just
         # completing and aborted the driver inside Ray (ray 2.60: "Tried to complete task
         # that was not pending", exit 1 instead of 130). Results are written by this driver

@@ -95,3 +95,34 @@ def test_an_ignored_sigterm_stays_ignored(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIG_IGN]
+
+
+def _terminated_then_replaced(args) -> int:
+    """As Ray's wait does: the handler's exception comes back as a plain KeyboardInterrupt."""
+    from core.interrupts import Terminated
+
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the command")
+    except Terminated:
+        raise KeyboardInterrupt from None
+
+
+def test_sigterm_is_143_even_when_a_library_replaces_the_exception(monkeypatch, capsys):
+    _command_module(monkeypatch, _terminated_then_replaced)
+    assert main(["fake"]) == 143
+    assert capsys.readouterr().err.strip() == "qgf fake: terminated"
+
+
+def _interrupted_import(args) -> int:
+    """Ctrl-C inside a C extension's initialisation surfaces as an ImportError it caused."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        raise ImportError("initialization failed") from e
+
+
+def test_ctrl_c_during_an_import_is_an_interruption_not_an_error(monkeypatch, capsys):
+    _command_module(monkeypatch, _interrupted_import)
+    assert main(["fake"]) == 130
+    assert capsys.readouterr().err.strip() == "qgf fake: interrupted"

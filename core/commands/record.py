@@ -239,11 +239,11 @@ def run(args: argparse.Namespace) -> int:
         ) as recording:
             result = recording.run(video, progress=not args.quiet)
     except KeyboardInterrupt as e:
-        from core.interrupts import Terminated, interrupted_status
+        from core.interrupts import interrupted_status, terminated
 
         kept = video.kept
         print(
-            f"qgf record: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; "
+            f"qgf record: {'terminated' if terminated(e) else 'interrupted'}; "
             + (f"the frames so far are in {kept}" if kept else "nothing was kept"),
             file=sys.stderr,
         )
