@@ -168,8 +168,10 @@ def _settings(args: argparse.Namespace, flow_steps: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    # Headless by default (a recording needs no display); a caller's own choice is kept.
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    # Headless EGL by default on Linux without a display, where glfw (MuJoCo's default)
+    # cannot make a context; a caller's own choice, and a display, are kept.
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
     from core.video import VideoWriter, check_output_path
 
     def fail(message: str) -> int:
