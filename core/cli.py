@@ -25,7 +25,13 @@ import sys
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from core.interrupts import interrupted_status, interruption, sigterm_raises, terminated
+from core.interrupts import (
+    interrupted_status,
+    interruption,
+    signal_came,
+    sigterm_raises,
+    terminated,
+)
 
 CORE_COMMANDS = {
     "datagen": "core.commands.datagen",
@@ -131,7 +137,11 @@ def _run(argv: list[str]) -> int:
     try:
         return int(module.run(args) or 0)
     except Exception as e:
-        if args.debug or interruption(e) is not None:
+        if interruption(e) is not None:
+            raise
+        if signal_came():  # a library swallowed the interruption, then failed
+            raise KeyboardInterrupt from e
+        if args.debug:
             raise
         print(f"qgf {name}: error: {error_line(e)} (--debug: traceback)", file=sys.stderr)
         return 2

@@ -24,23 +24,37 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: raised where the program is, as Ctrl-C raises ``KeyboardInterrupt``."""
 
 
-_sigterm_came = threading.Event()
+# The signal that came during ``sigterm_raises``' block, if any (SIGINT or SIGTERM).
+_came: list[int] = []
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    _sigterm_came.set()
+    _came.append(signum)
     raise Terminated
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    _came.append(signum)
+    raise KeyboardInterrupt
 
 
 def terminated(e: KeyboardInterrupt) -> bool:
     """Whether ``e`` came from SIGTERM (itself a ``Terminated``, or raised in its place)."""
-    return isinstance(e, Terminated) or _sigterm_came.is_set()
+    return isinstance(e, Terminated) or signal.SIGTERM in _came
+
+
+def signal_came() -> bool:
+    """Whether SIGINT or SIGTERM came during ``sigterm_raises``' block: then an error that
+    ends the command is the interruption's doing, even where a library swallowed the
+    ``KeyboardInterrupt`` (and then failed on what it left half made)."""
+    return bool(_came)
 
 
 def interruption(error: BaseException) -> KeyboardInterrupt | None:
@@ -55,28 +69,32 @@ def interruption(error: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def _raise_on_sigterm() -> None:
-    """Make SIGTERM raise ``Terminated`` in the main thread, unless it is ignored (a parent
-    that ignores it for this process meant it) or handled already (by a host program)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """``_raise_on_sigterm`` for the block; the handler before it is put back after (``main``
-    called from a test or a notebook leaves the host's handling as it was)."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-    _sigterm_came.clear()
-    _raise_on_sigterm()
+    """For the block, SIGTERM raises ``Terminated`` and both SIGTERM and Ctrl-C are noted
+    (``terminated``, ``signal_came``); the handlers before it are put back after (``main``
+    called from a test or a notebook leaves the host's handling as it was).
+
+    Only in the main thread, and a signal that is ignored stays ignored (a parent that
+    ignores it for this process meant it), as does one a host program handles itself.
+    """
+    _came.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = {
+        signal.SIGTERM: (signal.SIG_DFL, _raise_terminated),
+        signal.SIGINT: (signal.default_int_handler, _raise_interrupted),
+    }
+    previous: dict[int, Any] = {}
+    for signum, (default, handler) in ours.items():
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, before in previous.items():
+            signal.signal(number, before)
 
 
 def interrupted_status(e: KeyboardInterrupt) -> int:

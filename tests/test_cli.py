@@ -1,5 +1,6 @@
 """The ``qgf`` command line: every error one line and exit status 2, tracebacks on --debug."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -125,4 +126,21 @@ def _interrupted_import(args) -> int:
 def test_ctrl_c_during_an_import_is_an_interruption_not_an_error(monkeypatch, capsys):
     _command_module(monkeypatch, _interrupted_import)
     assert main(["fake"]) == 130
+    assert capsys.readouterr().err.strip() == "qgf fake: interrupted"
+
+
+def _swallowed_then_broken(args) -> int:
+    """A library that catches the interruption and then fails on what it left half made."""
+    with contextlib.suppress(BaseException):
+        os.kill(os.getpid(), signal.SIGINT)
+    raise AttributeError("module 'numpy' has no attribute 'multiply'")
+
+
+def test_an_error_after_a_swallowed_ctrl_c_is_the_interruption(monkeypatch, capsys):
+    _command_module(monkeypatch, _swallowed_then_broken)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        assert main(["fake"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip() == "qgf fake: interrupted"
