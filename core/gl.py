@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import warnings
 
+from core.interrupts import interruption
+
 EGL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri"
 OSMESA_PACKAGES = "libosmesa6"
 XVFB_PACKAGE = "xvfb"
@@ -70,6 +72,8 @@ def check_gl() -> None:
             model = mujoco.MjModel.from_xml_string("<mujoco/>")
             mujoco.Renderer(model, height=8, width=8).close()
     except Exception as e:
+        if interruption(e) is not None:  # Ctrl-C during mujoco's import: not a GL problem
+            raise
         raise gl_unavailable(e) from e
 
 

@@ -43,3 +43,27 @@ def test_a_broken_platform_at_dm_control_import_is_one_gl_error(monkeypatch):
     monkeypatch.delenv("MUJOCO_GL")  # unset: dm_control's own error is left as it is
     with pytest.raises(ImportError, match="headless EGL"):
         import_physics()
+
+
+def test_ctrl_c_during_the_probe_is_an_interruption_not_a_gl_error(monkeypatch):
+    """Ctrl-C inside mujoco's import comes out as ``ImportError: initialization failed``
+    caused by it: not a missing library."""
+    import builtins
+    import sys
+
+    from core.gl import check_gl
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "mujoco":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise ImportError("initialization failed") from e
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "mujoco", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(ImportError, match="initialization failed"):
+        check_gl()
