@@ -30,15 +30,18 @@ after the new one is in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
 from core import __version__
-from core.files import read_json_object
+from core.files import check_output_dir, read_json_object, write_failure
 from core.models import (
     ACTIVATIONS,
     AGGREGATIONS,
@@ -409,7 +412,7 @@ def save_checkpoint(
     if (onestep is not None) != config.onestep_policy:
         raise ValueError("pass a one-step policy exactly when config.onestep_policy is set")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         weights = {
@@ -447,14 +450,22 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _swap_in(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failure = write_failure(path, e)
+        if failure is None:
+            raise
+        raise failure from e
     return path
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` onto ``path``; an old ``path`` is moved aside and removed after."""
+    """Rename ``tmp`` onto ``path``; an old ``path`` is moved aside and removed after.
+
+    Between the two renames no checkpoint is under ``path``: Ctrl-C and SIGTERM are held
+    back until both are done (they then interrupt as usual), and a process killed outright
+    there leaves both directories, which ``recover_checkpoint`` puts back.
+    """
     if not path.exists():
         os.rename(tmp, path)
         return
@@ -464,13 +475,75 @@ def _swap_in(tmp: Path, path: Path) -> None:
         )
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
     os.rmdir(old)
-    os.rename(path, old)
+    with _signals_held():
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block: one that comes meanwhile is noted, and
+    handled as it would have been once the block is done.
+
+    Python runs signal handlers in the main thread only, so a block on another thread is
+    never interrupted; in the main thread the handlers are swapped for one that takes
+    note. (Blocking the signals with ``pthread_sigmask`` would not do: the kernel hands a
+    signal sent to the process to any thread that does not block it, torch's among them.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, lambda n, frame: came.append(n))
     try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for number in came[:1]:
+            handler = previous[signal.Signals(number)]
+            if callable(handler):
+                handler(number, None)
+            else:  # the default action (SIGTERM ends the process): as it would have come
+                os.kill(os.getpid(), number)
+
+
+def recover_checkpoint(path: str | os.PathLike) -> bool:
+    """Put back a checkpoint that a killed save left under temporary names.
+
+    A save writes ``.NAME.tmp-*`` whole (``config.json`` last), moves the old checkpoint to
+    ``.NAME.old-*`` and renames the new one onto ``NAME``. Killed between those renames it
+    leaves no ``NAME``: the newest complete ``.tmp-`` directory (else the ``.old-`` one)
+    becomes ``NAME`` again. Leftovers of a killed save beside an existing ``NAME`` are
+    removed. Returns whether a checkpoint was put back.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return False
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    leftovers = [p for p in path.parent.glob(f".{path.name}.*") if p.name.startswith(prefixes)]
+    leftovers = [p for p in leftovers if p.is_dir()]
+    restored = False
+    if not path.exists():
+        complete = [p for p in leftovers if (p / CONFIG_FILE).is_file()]
+        # A complete new one first (it is newer than the old one), newest first.
+        complete.sort(key=lambda p: (".tmp-" in p.name, p.stat().st_mtime_ns), reverse=True)
+        if complete:
+            os.rename(complete[0], path)
+            leftovers.remove(complete[0])
+            restored = True
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

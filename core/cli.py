@@ -7,7 +7,13 @@ so core never imports them. A command's module is imported only when that comman
 
 Errors: an exception that ends a command is printed as one line, ``qgf COMMAND: error: ...``,
 and the exit status is 2 (as for a bad option); ``--debug``, accepted by every command,
-shows the whole traceback instead. Ctrl-C exits with 130.
+shows the whole traceback instead.
+
+Signals: Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143 (128 + the signal's number, as
+a shell reports them). SIGTERM is raised as ``core.interrupts.Terminated``, a
+``KeyboardInterrupt``, so a polite kill runs every cleanup that Ctrl-C runs: temporary files
+removed, a partial video kept, a sweep's outstanding tasks cancelled, a checkpoint left
+whole. A signal that the process inherited as ignored stays ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +24,14 @@ import importlib.util
 import sys
 from importlib.metadata import entry_points
 from types import ModuleType
+
+from core.interrupts import (
+    interrupted_status,
+    interruption,
+    signal_came,
+    sigterm_raises,
+    terminated,
+)
 
 CORE_COMMANDS = {
     "datagen": "core.commands.datagen",
@@ -85,6 +99,21 @@ def _top_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # From the start: a signal while the command's modules are imported is an interruption
+    # too, not a traceback.
+    try:
+        with sigterm_raises():
+            return _run(argv)
+    except BaseException as e:
+        stop = interruption(e)
+        if stop is None:
+            raise
+        name = f"qgf {argv[0]}" if argv and not argv[0].startswith("-") else "qgf"
+        print(f"{name}: {'terminated' if terminated(stop) else 'interrupted'}", file=sys.stderr)
+        return interrupted_status(stop)
+
+
+def _run(argv: list[str]) -> int:
     commands = _commands()
     top = _top_parser(commands)
     if not argv or argv[0] in ("-h", "--help"):
@@ -107,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"qgf {name}: interrupted", file=sys.stderr)
-        return 130
     except Exception as e:
+        if interruption(e) is not None:
+            raise
+        if signal_came():  # a library swallowed the interruption, then failed
+            raise KeyboardInterrupt from e
         if args.debug:
             raise
         print(f"qgf {name}: error: {error_line(e)} (--debug: traceback)", file=sys.stderr)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from core.envs import EnvName, finite_actions, parse_name, reset
-from core.files import atomic_write
+from core.files import atomic_write, check_output_dir
 
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 EPISODE_STEPS = 1001
@@ -347,6 +347,7 @@ def generate_dataset(
     from tqdm import tqdm
 
     train_path, val_path = dataset_paths(out, config.name)
+    check_output_dir(train_path.parent)  # a read-only or full disk fails before any episode
     jobs = [("train", i) for i in range(config.episodes)]
     jobs += [("val", i) for i in range(config.val_episodes)]
     start = time.perf_counter()

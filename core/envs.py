@@ -168,7 +168,10 @@ def make_env(name: str, seed: int | None = None, width: int = 200, height: int =
     """
     import ogbench
 
+    from core.gl import import_physics
+
     parsed = parse_name(name)
+    import_physics()
     env = ogbench.make_env_and_datasets(
         parsed.name, env_only=True, width=width, height=height, **kwargs
     )

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 import mujoco
 import numpy as np
 
+from core.gl import gl_unavailable
+
 # Overlay look. Widths are in metres: the manipulation workspace is ~0.7 m across.
 _DENOISE_WIDTH = 0.0022
 _FINAL_WIDTH = 0.0035
@@ -438,6 +440,9 @@ class SceneRenderer:
             ``size``) after probing whether GL is a software renderer.
         effector_site: site the "follow" camera tracks.
         size: ``(width, height)`` when ``settings`` is None (default 640 x 480).
+
+    Raises:
+        core.gl.GLUnavailable: no GL context can be made (the message says what to install).
     """
 
     def __init__(
@@ -480,7 +485,12 @@ class SceneRenderer:
             vis.quality.numslices = settings.slices
         if settings.stacks is not None:
             vis.quality.numstacks = settings.stacks
-        self._renderer = mujoco.Renderer(self.model, height=settings.height, width=settings.width)
+        try:
+            self._renderer = mujoco.Renderer(
+                self.model, height=settings.height, width=settings.width
+            )
+        except Exception as e:
+            raise gl_unavailable(e) from e
         self.gl_vendor = _gl_renderer_string()
 
     def close(self) -> None:

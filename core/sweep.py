@@ -33,21 +33,24 @@ Layout of one row (every field needed to re-plot)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.files import atomic_write, read_json_object, write_json
+from core.files import atomic_write, check_output_dir, read_json_object, write_json
 
 CELLS_DIR = "cells"
 SETTINGS_FILE = "sweep.json"
@@ -467,7 +470,9 @@ class SweepOutcome:
         done: cells finished by this run.
         failed: ``(cell, error)`` for cells that raised or whose retries ran out; ``error``
             is the full traceback.
-        interrupted: the run stopped early (Ctrl-C); unfinished cells run next time.
+        interrupted: the run stopped early (Ctrl-C or SIGTERM); unfinished cells run next
+            time.
+        terminated: it was SIGTERM (``core.interrupts.Terminated``) that stopped it.
         wall_s: the run's wall time.
         tasks_s: from submitting the first task to the last result (without loading the
             checkpoints and starting the cluster); 0 when nothing ran.
@@ -478,14 +483,16 @@ class SweepOutcome:
     done: list[Cell] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     interrupted: bool = False
+    terminated: bool = False
     wall_s: float = 0.0
     tasks_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        """0 when every cell is finished, 1 when some failed, 130 when interrupted."""
+        """0 when every cell is finished, 1 when some failed, 130 when interrupted by
+        Ctrl-C, 143 by SIGTERM."""
         if self.interrupted:
-            return 130
+            return 143 if self.terminated else 130
         return 1 if self.failed else 0
 
 
@@ -496,11 +503,34 @@ def connect(address: str | None = None, cpus: int | None = None) -> None:
     When joining a cluster, this package's ``core`` is shipped to it, so the workers run the
     driver's code; the cluster's nodes need the dependencies installed (torch, mujoco,
     ogbench: ``pip install`` this project there).
+
+    ``ray.init`` replaces the SIGTERM handler with one that exits at once; the one in place
+    before (``qgf``'s, which raises ``core.interrupts.Terminated`` like Ctrl-C) is put back, so a
+    terminated sweep cancels its tasks and keeps every finished cell as Ctrl-C does.
     """
     import ray
 
     if ray.is_initialized():
         return
+    with _sigterm_kept():
+        _init(address, cpus)
+
+
+@contextlib.contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Restore the main thread's SIGTERM handler after the block."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(address: str | None, cpus: int | None) -> None:
+    import ray
+
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers' output would tear the progress bar; a cell's error comes back with the task:
     # logging_level ERROR and no log_to_driver, either way.
@@ -601,7 +631,7 @@ def run_sweep(
     outcome = SweepOutcome(cells)
     outcome.skipped = [c for c in cells if c.path(out).exists()]
     todo = deque(c for c in cells if not c.path(out).exists())
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # a read-only or full disk fails before any cell
     _record_settings(out, spec, list(checkpoints))
     if not todo:
         outcome.wall_s = time.perf_counter() - started
@@ -670,8 +700,11 @@ def run_sweep(
                     episodes=f"{episodes_done}/{episodes_total}", failed=len(outcome.failed)
                 )
             submit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from core.interrupts import terminated
+
         outcome.interrupted = True
+        outcome.terminated = terminated(e)
         # Cooperative cancellation: force-killing the workers raced tasks that were just
         # completing and aborted the driver inside Ray (ray 2.60: "Tried to complete task
         # that was not pending", exit 1 instead of 130). Results are written by this driver

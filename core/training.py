@@ -49,10 +49,12 @@ from core.checkpoints import (
     load_state,
     optimizer_from_tensors,
     optimizer_to_tensors,
+    recover_checkpoint,
     save_checkpoint,
     sha256_arrays,
 )
 from core.defaults import DEFAULT_ENV
+from core.files import atomic_write, check_output_dir
 from core.models import Critic, VelocityField
 
 
@@ -386,7 +388,9 @@ def train(
 
     out = Path(out)
     log_dir = Path(log_dir) if log_dir is not None else Path("runs") / out.name
-    log_dir.mkdir(parents=True, exist_ok=True)
+    # A read-only or full output disk fails here, before any step is trained.
+    check_output_dir(out.parent)
+    check_output_dir(log_dir)
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -408,6 +412,8 @@ def train(
     learner = Learner(config, obs_dim, action_dim).to(device)
     evals: list[dict[str, Any]] = []
     step, wall_before, rows = 0, 0.0, []
+    if resume and recover_checkpoint(out):
+        print(f"qgf train: put back {out}, which a killed save had left under a temporary name")
     if resume and (out / "config.json").exists():
         state = load_state(out, expect_env=config.env)
         if state.config.data_fingerprint.get("arrays_sha256") != fingerprint["arrays_sha256"]:
@@ -427,6 +433,9 @@ def train(
         if "rng.batches" in state.optimizer:
             generator.set_state(state.optimizer["rng.batches"].to(torch.uint8))
     learner.to(device)
+    # The live log restarts from the checkpoint's rows: the steps after its last save are
+    # trained again, and logged once.
+    _write_log(log_dir / "log.csv", rows)
 
     def save(wall: float) -> None:
         tensors, meta = optimizer_to_tensors(learner.optimizer)
@@ -508,6 +517,13 @@ def train(
     return TrainResult(
         out, step, wall_before + elapsed, (step - first_step) / max(elapsed, 1e-9), last
     )
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        atomic_write(path, lambda tmp: tmp.write_bytes(_csv_bytes(rows)))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _append_csv(path: Path, row: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ Frame layout everywhere: ``[H, W, 3]`` uint8 RGB, row 0 at the top.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import subprocess
@@ -38,6 +39,8 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from core.files import OutputError, check_output_dir, write_failure
 
 VIDEO_FORMATS = {".mp4": "mp4", ".gif": "gif"}
 PARTIAL_TAG = ".partial"
@@ -86,8 +89,8 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Check that a video can be written at ``path``, without writing it.
 
-    Checks the extension, that the directory exists and is writable (by creating and
-    removing a probe file there, which also catches read-only mounts), and that ``path`` is
+    Checks the extension, that the directory exists and is writable (``check_output_dir``'s
+    one-byte probe file, which also catches read-only mounts and a full disk), and that ``path`` is
     not a directory. An existing file at ``path`` is fine: it is replaced, atomically, only
     when the new recording is complete.
 
@@ -110,14 +113,12 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         raise VideoPathError(f"cannot write video {str(p)!r}: it is a directory")
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".qgf-probe-")
-    except OSError as err:
+        check_output_dir(parent)
+    except OutputError as err:
+        reason = os.strerror(err.errno).lower() if err.errno else str(err)
         raise VideoPathError(
-            f"cannot write video {str(p)!r}: "
-            f"directory {str(parent)!r} is not writable ({err.strerror})"
+            f"cannot write video {str(p)!r}: directory {str(parent)!r} is not writable ({reason})"
         ) from None
-    os.close(fd)
-    os.unlink(probe)
     return p
 
 
@@ -279,6 +280,14 @@ class _GifEncoder:
         self.frames = []
 
 
+def _output_error(path: Path, error: Exception) -> Exception:
+    """``error`` of an encoder as ``OutputError`` naming ``path`` when the disk refused the
+    write (ffmpeg reports a full disk only in its log text); otherwise ``error`` itself."""
+    if isinstance(error, RuntimeError) and "No space left on device" in str(error):
+        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write_failure(path, error) or error
+
+
 def _cleanup(encoder: _Mp4Encoder | _GifEncoder, tmp: Path) -> None:
     """Last resort when a writer is dropped unclosed: stop the encoder, remove the temp file."""
     encoder.kill()
@@ -386,7 +395,10 @@ class VideoWriter:
             )
         if self._pad != (0, 0):
             frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        self._encoder.write(np.ascontiguousarray(frame))
+        try:
+            self._encoder.write(np.ascontiguousarray(frame))
+        except Exception as e:
+            raise _output_error(self.path, e) from e
         self.frames += 1
 
     def _open(self, height: int, width: int) -> None:
@@ -411,8 +423,10 @@ class VideoWriter:
             raise RuntimeError(f"no frames were written; {str(self.path)!r} not created")
         try:
             self._encoder.finish()
-        except BaseException:
+        except BaseException as e:
             self._discard()
+            if isinstance(e, Exception):
+                raise _output_error(self.path, e) from e
             raise
         os.replace(self._tmp, self.path)
         self._finalizer.detach()

@@ -295,3 +295,57 @@ def test_bad_config_fields_are_named(tmp_path, field, value, message):
     path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=message):
         read_config(tmp_path / "ck")
+
+
+def test_a_save_killed_between_its_renames_is_put_back(tmp_path):
+    """Killed after moving the old checkpoint aside and before renaming the new one in: the
+    complete new one is put back; incomplete leftovers are removed."""
+    from core.checkpoints import recover_checkpoint
+
+    ck = tmp_path / "ck"
+    write(ck, training_steps=1)
+    os.rename(ck, tmp_path / ".ck.old-a1")
+    write(tmp_path / "new", training_steps=2)
+    os.rename(tmp_path / "new", tmp_path / ".ck.tmp-b2")
+    (tmp_path / ".ck.tmp-c3").mkdir()  # a save killed while writing: no config.json yet
+    (tmp_path / ".other.tmp-d4").mkdir()  # another checkpoint's: left alone
+    assert recover_checkpoint(ck)
+    assert read_config(ck).training_steps == 2
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-d4", "ck"]
+    assert not recover_checkpoint(ck)  # nothing to do
+
+
+def test_only_the_old_checkpoint_left_is_put_back(tmp_path):
+    from core.checkpoints import recover_checkpoint
+
+    write(tmp_path / "ck", training_steps=1)
+    os.rename(tmp_path / "ck", tmp_path / ".ck.old-a1")
+    assert recover_checkpoint(tmp_path / "ck")
+    assert read_config(tmp_path / "ck").training_steps == 1
+
+
+def test_ctrl_c_between_the_renames_comes_after_the_new_checkpoint_is_in(tmp_path, monkeypatch):
+    """Ctrl-C right after the old checkpoint is moved aside is held until the swap is done:
+    the interrupted save leaves the new checkpoint and nothing else."""
+    import signal
+
+    ck = tmp_path / "ck"
+    write(ck, training_steps=1)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        if ".old-" in os.fspath(dst):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "rename", rename)
+    # SIGINT as in a terminal, even where the test process inherited it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write(ck, training_steps=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.undo()
+    assert read_config(ck).training_steps == 2
+    assert sorted(os.listdir(tmp_path)) == ["ck"]

@@ -1,5 +1,9 @@
 """The ``qgf`` command line: every error one line and exit status 2, tracebacks on --debug."""
 
+import contextlib
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,93 @@ def test_view_takes_an_agent_to_import_past_the_checkpoint_check(
     assert main(["view", str(agent)]) == 2  # no display: it stops there, not at the path
     err = capsys.readouterr().err
     assert "no display" in err and "no checkpoint" not in err
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def _command_module(monkeypatch, run):
+    import importlib.machinery
+    import types
+
+    from core import cli
+
+    module = types.ModuleType("fake_command")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_command", None)
+    module.HELP = "fake"
+    module.add_arguments = lambda parser: None
+    module.run = run
+    monkeypatch.setitem(sys.modules, "fake_command", module)
+    monkeypatch.setattr(cli, "CORE_COMMANDS", {**cli.CORE_COMMANDS, "fake": "fake_command"})
+
+
+def _terminate_self(args) -> int:
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not interrupt the command")
+
+
+def test_sigterm_interrupts_a_command_with_status_143(monkeypatch, capsys):
+    _command_module(monkeypatch, _terminate_self)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["fake"]) == 143
+    assert capsys.readouterr().err.strip() == "qgf fake: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before  # the host's handling is put back
+
+
+def test_an_ignored_sigterm_stays_ignored(monkeypatch):
+    seen = []
+    _command_module(monkeypatch, lambda args: seen.append(signal.getsignal(signal.SIGTERM)))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert main(["fake"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIG_IGN]
+
+
+def _terminated_then_replaced(args) -> int:
+    """As Ray's wait does: the handler's exception comes back as a plain KeyboardInterrupt."""
+    from core.interrupts import Terminated
+
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the command")
+    except Terminated:
+        raise KeyboardInterrupt from None
+
+
+def test_sigterm_is_143_even_when_a_library_replaces_the_exception(monkeypatch, capsys):
+    _command_module(monkeypatch, _terminated_then_replaced)
+    assert main(["fake"]) == 143
+    assert capsys.readouterr().err.strip() == "qgf fake: terminated"
+
+
+def _interrupted_import(args) -> int:
+    """Ctrl-C inside a C extension's initialisation surfaces as an ImportError it caused."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        raise ImportError("initialization failed") from e
+
+
+def test_ctrl_c_during_an_import_is_an_interruption_not_an_error(monkeypatch, capsys):
+    _command_module(monkeypatch, _interrupted_import)
+    assert main(["fake"]) == 130
+    assert capsys.readouterr().err.strip() == "qgf fake: interrupted"
+
+
+def _swallowed_then_broken(args) -> int:
+    """A library that catches the interruption and then fails on what it left half made."""
+    with contextlib.suppress(BaseException):
+        os.kill(os.getpid(), signal.SIGINT)
+    raise AttributeError("module 'numpy' has no attribute 'multiply'")
+
+
+def test_an_error_after_a_swallowed_ctrl_c_is_the_interruption(monkeypatch, capsys):
+    _command_module(monkeypatch, _swallowed_then_broken)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        assert main(["fake"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err.strip() == "qgf fake: interrupted"

@@ -426,3 +426,26 @@ def test_a_critic_that_returns_nan_is_counted_and_never_reaches_the_env(tmp_path
     report = write_report(tmp_path / "out")[-1].read_text()
     assert f"| qgf | {weight:g} | 1 | 0% |" in report
     assert "| 3 |" in report  # the non-finite rows' column
+
+
+def test_connect_keeps_the_sigterm_handler_that_ray_init_replaces(monkeypatch):
+    """ray.init installs a SIGTERM handler that exits at once; qgf's own (SIGTERM raised like
+    Ctrl-C, so the sweep cancels its tasks and exits 143) must survive it."""
+    import ray
+
+    from core import sweep
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        sweep, "_init", lambda address, cpus: signal.signal(signal.SIGTERM, lambda *a: None)
+    )
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        sweep.connect()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

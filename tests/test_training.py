@@ -191,3 +191,34 @@ def test_a_failing_periodic_evaluation_is_recorded_and_training_goes_on(tmp_path
         {"step": 10, "error": "NameError: name 'helper' is not defined"},
         {"step": 20, "error": "NameError: name 'helper' is not defined"},
     ]
+
+
+def _steps(path) -> list[int]:
+    with open(path, newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def test_resume_is_bit_equal_and_the_live_log_has_each_step_once(tmp_path):
+    """A run stopped after its last save (the steps after it lost, as a kill loses them)
+    resumes to the weights and optimizer state of an uninterrupted run, and the live log
+    holds each logged step once: the rows of the lost steps are dropped, not repeated."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    ds = toy_dataset()
+    config = TrainConfig(
+        hidden=(8,), steps=40, batch_size=16, log_every=10, save_every=20, eval_every=0
+    )
+    whole = tmp_path / "whole"
+    train(config, ds, whole, log_dir=tmp_path / "whole-logs", progress=False)
+    out, logs = tmp_path / "ck", tmp_path / "logs"
+    config.steps = 20
+    train(config, ds, out, log_dir=logs, progress=False)
+    with open(logs / "log.csv", "a") as f:  # a row the killed run logged after its save
+        f.write("30\n")
+    config.steps = 40
+    train(config, ds, out, log_dir=logs, progress=False)
+    assert _steps(logs / "log.csv") == [10, 20, 30, 40] == _steps(out / "train_log.csv")
+    for name in ("weights.safetensors", "optimizer.safetensors"):
+        a, b = load_file(whole / name), load_file(out / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

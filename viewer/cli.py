@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from core.commands import args as common
+from core.gl import XVFB_PACKAGE
 
 HELP = "open the viewer on a checkpoint (default: the shipped default checkpoint)"
 # Options that choose what --open restores from the file.
@@ -121,14 +122,19 @@ def run(args: argparse.Namespace) -> int:
         if args.frames is None:
             print(
                 "qgf view: error: no display (DISPLAY is unset). Run it on a desktop, under "
-                "xvfb-run, or headless with --frames N --screenshot out.png",
+                f"xvfb-run (apt install {XVFB_PACKAGE}), or headless with --frames N "
+                "--screenshot out.png",
                 file=sys.stderr,
             )
             return 2
         from viewer.display import ensure_display
 
         if ensure_display() is None:
-            print("qgf view: error: no display and Xvfb is not installed", file=sys.stderr)
+            print(
+                "qgf view: error: no display (DISPLAY is unset) and Xvfb is not installed: "
+                f"install it (apt install {XVFB_PACKAGE}) or run on a desktop",
+                file=sys.stderr,
+            )
             return 2
     if args.demo or args.demo_preset:
         from viewer.demo_app import main as demo_main

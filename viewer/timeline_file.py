@@ -50,7 +50,7 @@ from core.checkpoints import (
 )
 from core.defaults import CHECKPOINT_ROOT
 from core.envs import EnvSnapshot
-from core.files import atomic_write
+from core.files import atomic_write, check_output_dir
 from core.guidance import ESTIMATORS, DenoiseTrace
 from core.models import Critic, VelocityField
 from viewer.manifold_view import CandidateDistances
@@ -425,7 +425,7 @@ def save_timeline(
     """
     check_schema()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path.parent)  # a read-only or full disk fails before the encoding
     w = _Writer()
     branches = [
         {

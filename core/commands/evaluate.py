@@ -39,10 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     from core.checkpoints import load_checkpoint
     from core.evaluation import evaluate, write_result
+    from core.files import check_output_dir
 
     common.set_threads(args.threads)
     args.device = common.resolve_device(args.device)
     policy, critic, config = load_checkpoint(args.checkpoint, args.device)
+    out = args.out or args.checkpoint
+    check_output_dir(out)  # a read-only or full disk fails before any episode
     result = evaluate(
         policy,
         critic,
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_episode_steps=args.max_episode_steps,
     )
     result.checkpoint = str(args.checkpoint)
-    json_path, png_path = write_result(result, args.out or args.checkpoint)
+    json_path, png_path = write_result(result, out)
     print(f"{'estimator':<14}{'weight':>8}{'success':>10}{'95% CI':>16}{'return':>10}")
     for p in result.points:
         lo, hi = p.success_ci

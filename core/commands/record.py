@@ -15,6 +15,7 @@ rendered; a mistake ends the command with a message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def _settings(args: argparse.Namespace, flow_steps: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    # Headless EGL by default on Linux without a display, where glfw (MuJoCo's default)
+    # cannot make a context; a caller's own choice, and a display, are kept.
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
     from core.video import VideoWriter, check_output_path
 
     def fail(message: str) -> int:
@@ -178,6 +183,13 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.out)
         _size(args.size)
     except ValueError as err:
+        return fail(str(err))
+
+    from core.gl import GLUnavailable, check_gl
+
+    try:
+        check_gl()  # before anything imports mujoco, whose import fails on a broken platform
+    except GLUnavailable as err:
         return fail(str(err))
 
     import torch
@@ -228,14 +240,16 @@ def run(args: argparse.Namespace) -> int:
             policy, critic, env_name, settings, device, off_manifold=off_manifold, label=label
         ) as recording:
             result = recording.run(video, progress=not args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from core.interrupts import interrupted_status, terminated
+
         kept = video.kept
         print(
-            "qgf record: interrupted; "
+            f"qgf record: {'terminated' if terminated(e) else 'interrupted'}; "
             + (f"the frames so far are in {kept}" if kept else "nothing was kept"),
             file=sys.stderr,
         )
-        return 130
+        return interrupted_status(e)
     if not args.quiet:
         _summary(result)
     return 0

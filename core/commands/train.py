@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from core.checkpoints import DatasetSample, sha256_file
     from core.data import compact_sample, load_dataset
+    from core.files import check_output_dir
     from core.training import TrainConfig, train
 
     common.set_threads(args.threads)
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"qgf train: {out} already holds a checkpoint and --no-resume was given")
         return 2
 
+    check_output_dir(out.parent)  # a read-only or full disk fails before the data is read
     dataset = load_dataset(config.env, path=args.data)
     files = [Path(s) for s in dataset.sources]
     digest = sha256_file(files[0]) if len(files) == 1 else None
