@@ -53,6 +53,24 @@ SKIP = frozenset(
         "viewport resize",
     }
 )
+# The window's per-frame parts (``ViewerApp.frame``, ``DemoApp.frame``): an error there is
+# never a refusal of an input.
+FRAME_PARTS = frozenset(
+    {"mouse", "upload", "refresh", "tick", "status", "render scale", "debugger"}
+)
+INTERNAL_ERRORS = frozenset(
+    {
+        "AttributeError",
+        "AssertionError",
+        "IndexError",
+        "KeyError",
+        "NameError",
+        "OverflowError",
+        "TypeError",
+        "UnboundLocalError",
+        "ZeroDivisionError",
+    }
+)
 COMPARE = frozenset({"key_c", "compare.compute", "mvButton:Compare at this step"})
 COMPARE_BUDGET = 256
 SETTLE_SECONDS = 300.0
@@ -345,8 +363,12 @@ class Monkey:
             self.fail("the render thread died")
         if app.errors > errors:
             self.tally.errors_shown += app.errors - errors
-            last = [m for m in app.messages if m.error][-1]
-            self.tally.messages[_shape(last.text)] += 1
+            shown = [m for m in app.messages if m.error]
+            for message in shown[-(app.errors - errors) :]:
+                self.tally.messages[_shape(message.text)] += 1
+                if _internal(message.text):
+                    self.fail(f"an internal error, not a refusal: {message.text!r}")
+            last = shown[-1]
             # An error raised in a frame's tick is drawn by the next frame's status.
             for _ in range(3):
                 if last.text in self.status():
@@ -452,6 +474,15 @@ class Monkey:
         bad = [(b, r) for b, r in enumerate(results) if not r.exact]
         if bad:
             self.fail(f"replay not exact on branches {bad}")
+
+
+def _internal(text: str) -> bool:
+    """An error message (``what: Type: message``) that is a bug, not a refused input: raised
+    by a per-frame part of the window (no input of the user's reached it), or of a type no
+    input check raises."""
+    what, _, rest = text.partition(": ")
+    kind = rest.partition(":")[0]
+    return what in FRAME_PARTS or kind in INTERNAL_ERRORS
 
 
 def _shape(text: str) -> str:

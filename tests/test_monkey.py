@@ -31,13 +31,16 @@ REGRESSIONS = {
         # A second comparison compared the two results by value (their tensors): every
         # frame's tick raised "Boolean value of Tensor ... is ambiguous".
         "compare twice": [["invoke", "compare.compute", None]] * 2,
-        # A value the session refused (N = -1, T = 1000, NaN) stayed in its control.
+        # A value the session refused (N = -1, T = 1000, NaN) stayed in its control; an
+        # infinite seed or step number raised an OverflowError about floats.
         "refused values leave the controls": [
             ["invoke", "candidates", -1],
             ["invoke", "steps", 1000],
             ["invoke", "weight_input", math.nan],
             ["invoke", "weight_slider", "text"],
             ["invoke", "seed", math.inf],
+            ["invoke", "steps", math.nan],
+            ["invoke", "timeline", "text"],
         ],
         # Switching branch took over the branch's settings; the controls kept the others.
         "switch branch shows its settings": [
@@ -102,3 +105,12 @@ def test_monkey_walk(app, tmp_path):
     assert summary["errors_shown"] >= 4  # the regressions' refused values, at least
     if app == "debugger":
         assert summary["replays"] > 0 and summary["replays_exact"] == summary["replays"]
+
+
+def test_whole_number_refuses_what_is_not_one():
+    from viewer.widgets import whole_number
+
+    assert whole_number("seed", 3) == 3 and whole_number("grid", "64") == 64
+    for bad in (math.nan, math.inf, "text", 2.5, None):
+        with pytest.raises(ValueError, match="seed must be a whole number"):
+            whole_number("seed", bad)

@@ -63,6 +63,7 @@ from viewer.widgets import (
     W_LOG_MAX,
     W_LOG_MIN,
     scale_note,
+    whole_number,
 )
 from viewer.window import SceneWindow
 from viewer.worker import Worker
@@ -267,11 +268,11 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
                 dpg.set_value(t[key], settings[key])
 
     def on_steps(self, sender, value, user_data=None) -> None:
-        steps = int(value)
+        steps = whole_number("steps T", value)
         self.command("sample", lambda s: s.update(steps=steps))
 
     def on_candidates(self, sender, value, user_data=None) -> None:
-        n = int(value)
+        n = whole_number("candidates N", value)
         self.command("sample", lambda s: s.update(candidates=n))
 
     def on_pick_best(self, sender, value, user_data=None) -> None:
@@ -279,7 +280,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("sample", lambda s: s.update(pick_best=flag))
 
     def on_seed(self, sender, value, user_data=None) -> None:
-        seed = int(value)
+        seed = whole_number("seed", value)
         self.command("sample", lambda s: s.update(seed=seed))
 
     def on_env(self, sender, value, user_data=None) -> None:
@@ -366,7 +367,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("view", lambda s: s.view_step(index))
 
     def on_timeline(self, sender, value, user_data=None) -> None:
-        self.view_step(int(value))
+        self.view_step(whole_number("timeline step", value))
 
     def go_live(self, *_: Any) -> None:
         self.view_step(None)

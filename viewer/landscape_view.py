@@ -29,7 +29,7 @@ from core import envs
 from core.landscape import HOLDS, Landscape, SliceSpec, base_action, critic_landscape, project
 from core.render import Polyline
 from viewer.frames import SceneLayer
-from viewer.widgets import Host, line_theme, rgb255
+from viewer.widgets import Host, line_theme, rgb255, whole_number
 
 if TYPE_CHECKING:
     from viewer.session import Session, StepRecord
@@ -325,10 +325,10 @@ class LandscapeView:
         self.set_slice(dims=tuple(dims))
 
     def _set_chunk(self, value: Any) -> None:
-        self.set_slice(chunk_index=int(value) - 1)
+        self.set_slice(chunk_index=whole_number("chunk action", value) - 1)
 
     def _set_resolution(self, value: Any) -> None:
-        self.set_slice(resolution=int(value))
+        self.set_slice(resolution=whole_number("grid", value))
 
     def _layer_cb(self, name: str):
         return lambda sender, value, user_data: self.set_layer(name, value)
