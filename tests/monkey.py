@@ -16,16 +16,23 @@ while on a branch, play a few frames.
 After every event the walk checks (``Monkey.check``): the window still draws a frame, its
 worker and render threads are alive, no exception escaped a callback, an error raised by
 the event is the one the status bar shows, and the session was not poisoned (its settings
-are valid and the controls show them). Every ``replay_every`` events and at the end, for
+are valid and the controls show them, the landscape's slice controls too), and an error
+is a refusal, not a bug (``_internal``: none from a per-frame part, none of an internal
+type such as TypeError or OverflowError). Every ``replay_every`` events and at the end, for
 the debugger, ``Session.replay`` is exact on every branch.
 
 Left out on purpose (``SKIP``): the demo's Tab (starts the debugger in a second process,
 tests/test_demo_app.py covers it), F11 (full screen, a window-manager request), screenshot
 buttons and keys and the record toggles (they wait on files for seconds each; the window
-tests cover them), the resize callback (not an item), the viewport's close.
+tests cover them), the resize callback (not an item), the viewport's close; and the
+comparison of every estimator while T x N exceeds ``COMPARE_BUDGET`` (legal, but minutes of
+CPU each on a loaded machine). The file dialogs are sent paths directly (their own browsing
+is Dear PyGui's). The demo has no branches; its walk checks the panes' weights and the
+slider instead of replays.
 
-Each event is a ``Event``; a failing walk raises ``MonkeyFailure`` with the seed and the
-events so far, which ``replay_events`` sends again to reproduce it.
+Each event is an ``Event``; a failing walk raises ``MonkeyFailure`` with the seed and the
+events so far, which ``replay_events`` sends again to reproduce it. Run one walk with
+``python tests/monkey.py debugger|demo --seeds 0 --events 500`` (``main``).
 """
 
 from __future__ import annotations
@@ -50,7 +57,6 @@ SKIP = frozenset(
         "key_v",
         "record",
         "mvButton:Screenshot",
-        "viewport resize",
     }
 )
 # The window's per-frame parts (``ViewerApp.frame``, ``DemoApp.frame``): an error there is
@@ -153,7 +159,6 @@ class Monkey:
         self.log: list[Event] = []
         self.tally = Tally()
         self.debugger = hasattr(app.session, "branches")
-        self._saved: Path | None = None
         self._bad = self._bad_files()
 
     # --- the walk -----------------------------------------------------------------------
