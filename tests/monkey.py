@@ -402,6 +402,8 @@ class Monkey:
                 s.validate()
             except ValueError as e:
                 self.fail(f"the session holds bad settings: {e}")
+            if app.worker.playing:
+                return  # commands may still wait behind play steps: the controls lead
             shown = {
                 "weight": float(dpg.get_value(t["weight_input"])),
                 "steps": dpg.get_value(t["steps"]),

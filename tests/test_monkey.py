@@ -53,6 +53,12 @@ REGRESSIONS = {
             ["invoke", "log", True],
             ["invoke", "weight_slider", 1e3],
         ],
+        # Comparing at N = 1 looked up the best-of-N row's FLOP count as "none+best_of_1";
+        # the count names it "none" (KeyError).
+        "compare at N = 1": [
+            ["invoke", "candidates", 1],
+            ["invoke", "compare.compute", None],
+        ],
         # A slice value the landscape refused stayed in its control ("tuple.index(x): x
         # not in tuple" for an unknown dimension).
         "landscape refusals": [
