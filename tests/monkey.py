@@ -359,6 +359,13 @@ class Monkey:
             app.frame()
             app.frames.wait_frame(app._rendered_seen, timeout=0.05)
         app.frame()
+        # The debugger sets its controls from the session once its worker is idle, which a
+        # command of its own (the sweep plot's) can put off by a frame or more.
+        while getattr(app, "_resync", False):
+            if time.monotonic() > end:
+                self.fail("the controls were never set from the session")
+            app.worker.wait_idle(SETTLE_SECONDS)
+            app.frame()
 
     def check(self, errors: int) -> None:
         app = self.app
