@@ -40,7 +40,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from core.diagnostics import NO_GRADIENT, count_flops, flops_per_action, noise_sensitivity
+from core.diagnostics import (
+    NO_GRADIENT,
+    count_flops,
+    flop_label,
+    flops_per_action,
+    noise_sensitivity,
+)
 from core.guidance import ESTIMATORS, DenoiseTrace, QFn, VelocityFn, guided_sample
 from core.manifold import DataManifold
 
@@ -284,7 +290,7 @@ def compare_estimators(
         )
         cosine = {name: sens.mean[i] for i, name in enumerate(sens.estimators)}
 
-    oracle_label = f"none+best_of_{n}"
+    oracle_label = flop_label("none", n)
     if flops is None or any(label not in flops for label in [*names, oracle_label]):
         counted = flops_per_action(
             velocity,
@@ -333,7 +339,7 @@ def compare_estimators(
         found = manifold.query(o.expand(finals.shape[0] * n, -1), finals.reshape(-1, width))
 
     rows = []
-    for i, (label, estimator, pick_best, _, _, flop_label) in enumerate(plans):
+    for i, (label, estimator, pick_best, _, _, counted_as) in enumerate(plans):
         trace = traces[i]
         rows.append(
             CompareRow(
@@ -347,7 +353,7 @@ def compare_estimators(
                 off_manifold=None if found is None else found.off_manifold.view(-1, n)[i].cpu(),
                 cosine=None if pick_best else cosine.get(estimator),
                 ms_per_action=times[i],
-                flops_per_action=float(flops[flop_label]),
+                flops_per_action=float(flops[counted_as]),
             )
         )
     return Comparison(

@@ -356,6 +356,12 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def flop_label(estimator: str, best_of: int) -> str:
+    """The label of ``flops_per_action``'s row for ``estimator`` with ``best_of`` candidates
+    per action: the name alone for one (best-of-1 is the estimator itself)."""
+    return estimator if best_of == 1 else f"{estimator}+best_of_{best_of}"
+
+
 def flops_per_action(
     velocity: VelocityFn,
     q: QFn,
@@ -400,6 +406,5 @@ def flops_per_action(
         total = count_flops(
             partial(guided_sample, velocity, q, obs, name, weight, steps, noise, best_of=n)
         )
-        label = name if n == 1 else f"{name}+best_of_{n}"
-        rows.append(FlopCount(label, name, n, steps, total / states))
+        rows.append(FlopCount(flop_label(name, n), name, n, steps, total / states))
     return rows

@@ -39,7 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.diagnostics import NO_GRADIENT, flops_per_action, noise_sensitivity, q_optimisation
+from core.diagnostics import (
+    NO_GRADIENT,
+    flop_label,
+    flops_per_action,
+    noise_sensitivity,
+    q_optimisation,
+)
 from core.guidance import ESTIMATORS, QFn, VelocityFn, euler
 from core.manifold import DataManifold
 from core.stats import Z95, half_width
@@ -442,7 +448,9 @@ def diagnose_checkpoint(
     )
     by_label = {f.label: f.flops for f in flops}
     for r in results:
-        r.flops_per_action = by_label.get(f"none+best_of_{best_of}" if r.name == ORACLE else r.name)
+        r.flops_per_action = by_label.get(
+            flop_label("none", best_of) if r.name == ORACLE else r.name
+        )
 
     # `none` ignores the weight; its result at the report's weight stands for every weight.
     guided = [e for e in estimators if e != "none"]

@@ -231,3 +231,12 @@ def test_a_one_step_policy_is_one_more_row_from_the_same_noise(nets, manifold, s
     plain = compare_estimators(*nets, obs, noise, weight=WEIGHT, steps=T, repeats=1)
     for label in plain.labels:
         torch.testing.assert_close(c.row(label).final, plain.row(label).final)
+
+
+def test_one_candidate_compares_with_best_of_one(nets, state):
+    # Best-of-1 is counted under the estimator's own name ("none"), and the comparison
+    # looked its FLOPs up as "none+best_of_1" (a KeyError at N = 1, found by the UI monkey).
+    obs, noise = state
+    c = compare_estimators(*nets, obs, noise[:1], weight=WEIGHT, steps=T, repeats=1)
+    row = c.row(best_of_label(1))
+    assert row.pick_best and row.flops_per_action == c.flops["none"]

@@ -63,6 +63,7 @@ from viewer.widgets import (
     W_LOG_MAX,
     W_LOG_MIN,
     scale_note,
+    whole_number,
 )
 from viewer.window import SceneWindow
 from viewer.worker import Worker
@@ -124,7 +125,9 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         # The record button: the scene's rendered frames, hooked only while recording.
         self.recorder = SceneRecorder(self.frames, on_error=self._pending_errors.append)
         self._saved: tuple[Path, float] | None = None  # last recording, when it was saved
-        self._resync = False  # a timeline was opened: set the controls from its settings
+        # Set the controls from the session's settings once the worker is idle: after a
+        # timeline was opened, and after any error (a refused value must not stay shown).
+        self._resync = False
         # Distance to the data: the hook runs on the worker with every sample, and the
         # manifold is built there on a checkpoint's first sample, never on the GUI thread.
         self.manifold = ManifoldAnalysis()
@@ -207,6 +210,14 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self._mouse_last = pos
 
     # --- commands -----------------------------------------------------------------------
+    def report(self, text: str, error: bool = False) -> None:
+        """``SceneWindow.report``. After an error the controls are set again from the
+        session: a value the GUI or the session refused (NaN, text, T beyond its range)
+        would otherwise stay in its control."""
+        super().report(text, error)
+        if error:
+            self._resync = True
+
     def command(self, key: str, fn: Callable[[Session], Any]) -> None:
         """Send a command to the session (runs on the policy thread; newest per key wins)."""
         self.worker.submit(key, fn)
@@ -220,9 +231,16 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self._show_weight(weight)
 
     def on_weight_slider(self, sender, value, user_data=None) -> None:
-        """The weight slider's callback: log10 w in log mode, w in linear mode."""
-        w = 10.0 ** float(value) if self._log_weight() else float(value)
-        self.set_weight(w)
+        """The weight slider's callback: log10 w in log mode, w in linear mode. A value
+        typed past the slider's ends (ctrl+click) is refused: 10 ** 1e3 is no weight, and
+        the input box beside it takes any weight."""
+        log = self._log_weight()
+        lo, hi = (W_LOG_MIN, W_LOG_MAX) if log else (0.0, W_LINEAR_MAX)
+        v = float(value)
+        if not lo <= v <= hi:
+            scale = "log10 w" if log else "w"
+            raise ValueError(f"the weight slider takes {scale} in [{lo:g}, {hi:g}], got {v:g}")
+        self.set_weight(10.0**v if log else v)
 
     def on_weight_input(self, sender, value, user_data=None) -> None:
         self.set_weight(float(value))
@@ -250,11 +268,11 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
                 dpg.set_value(t[key], settings[key])
 
     def on_steps(self, sender, value, user_data=None) -> None:
-        steps = int(value)
+        steps = whole_number("steps T", value)
         self.command("sample", lambda s: s.update(steps=steps))
 
     def on_candidates(self, sender, value, user_data=None) -> None:
-        n = int(value)
+        n = whole_number("candidates N", value)
         self.command("sample", lambda s: s.update(candidates=n))
 
     def on_pick_best(self, sender, value, user_data=None) -> None:
@@ -262,7 +280,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("sample", lambda s: s.update(pick_best=flag))
 
     def on_seed(self, sender, value, user_data=None) -> None:
-        seed = int(value)
+        seed = whole_number("seed", value)
         self.command("sample", lambda s: s.update(seed=seed))
 
     def on_env(self, sender, value, user_data=None) -> None:
@@ -349,7 +367,7 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("view", lambda s: s.view_step(index))
 
     def on_timeline(self, sender, value, user_data=None) -> None:
-        self.view_step(int(value))
+        self.view_step(whole_number("timeline step", value))
 
     def go_live(self, *_: Any) -> None:
         self.view_step(None)
@@ -361,8 +379,15 @@ class ViewerApp(ControlsMixin, PlotsMixin, SceneWindow):
         self.command("branch", lambda s: s.branch_from())
 
     def switch_branch(self, branch_id: int) -> None:
+        """Make branch ``branch_id`` the active one; the controls then show the settings it
+        was last sampled with (the session takes them over)."""
         self.worker.pause()
-        self.command("branch", lambda s: s.switch_branch(branch_id))
+
+        def switch(session: Session) -> None:
+            session.switch_branch(branch_id)
+            self._resync = True
+
+        self.command("branch", switch)
 
     def on_branch(self, sender, value, user_data=None) -> None:
         labels = [b.label for b in self.session.branches]

@@ -286,9 +286,9 @@ class CompareView:
         result = self._shown
         scale = self.app.frames.path_scale
         state = (result, self.show_paths, self.all_candidates, self.only_compared, scale)
-        if self._cache is not None and all(
-            a is b or a == b for a, b in zip(state, self._cache, strict=True)
-        ):
+        # The result by identity: a new one (even with equal fields) is a new computation,
+        # and comparing two by value would compare their tensors, which has no truth value.
+        if self._cache is not None and state[0] is self._cache[0] and state[1:] == self._cache[1:]:
             return
         self._cache = state
         layer = None

@@ -288,7 +288,18 @@ class DemoApp(SceneWindow):
             self.set_weight(step_weight(base, steps))
 
     def on_slider(self, sender, value, user_data=None) -> None:
-        v = float(value)
+        """The weight slider's callback (log10 w, w = 0 at the far left). A value typed
+        past its ends (ctrl+click), or not a number, is refused and the slider shows the
+        live weight again."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not LOG_W_MIN <= v <= 0.0:
+            self._show_weight()
+            raise ValueError(
+                f"the weight slider takes log10 w in [{LOG_W_MIN:g}, 0], got {value!r}"
+            )
         self.set_weight(0.0 if v < LOG_W_ZERO else 10.0**v)
 
     def select_estimator(self, index: int) -> None:

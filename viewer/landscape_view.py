@@ -18,6 +18,7 @@ top (``core.landscape`` computes; this draws).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from core import envs
 from core.landscape import HOLDS, Landscape, SliceSpec, base_action, critic_landscape, project
 from core.render import Polyline
 from viewer.frames import SceneLayer
-from viewer.widgets import Host, line_theme, rgb255
+from viewer.widgets import Host, line_theme, rgb255, whole_number
 
 if TYPE_CHECKING:
     from viewer.session import Session, StepRecord
@@ -252,30 +253,32 @@ class LandscapeView:
             with dpg.group(horizontal=True):
                 t["dim_x"] = dpg.add_combo(
                     list(DIM_NAMES), default_value=DIM_NAMES[self.spec.dims[0]], width=70,
-                    callback=cb("landscape slice", lambda s, v, u: self._set_dim(0, v)),
+                    callback=cb("landscape slice", self._refusing(lambda v: self._set_dim(0, v))),
                 )  # fmt: skip
                 t["dim_y"] = dpg.add_combo(
                     list(DIM_NAMES), default_value=DIM_NAMES[self.spec.dims[1]], width=70,
-                    callback=cb("landscape slice", lambda s, v, u: self._set_dim(1, v)),
+                    callback=cb("landscape slice", self._refusing(lambda v: self._set_dim(1, v))),
                 )  # fmt: skip
                 t["chunk"] = dpg.add_input_int(
                     label="chunk action", default_value=self.spec.chunk_index + 1, width=80,
                     min_value=1, min_clamped=True,
-                    callback=cb("landscape slice", lambda s, v, u: self._set_chunk(v)),
+                    callback=cb("landscape slice", self._refusing(self._set_chunk)),
                 )  # fmt: skip
                 t["hold"] = dpg.add_combo(
                     list(HOLDS), default_value=self.spec.hold, width=80, label="hold",
-                    callback=cb("landscape slice", lambda s, v, u: self.set_slice(hold=v)),
+                    callback=cb(
+                        "landscape slice", self._refusing(lambda v: self.set_slice(hold=v)),
+                    ),
                 )  # fmt: skip
                 t["res"] = dpg.add_combo(
                     [str(r) for r in RESOLUTIONS], default_value=str(self.spec.resolution),
                     width=50, label="grid",
-                    callback=cb("landscape slice", lambda s, v, u: self._set_resolution(v)),
+                    callback=cb("landscape slice", self._refusing(self._set_resolution)),
                 )  # fmt: skip
             with dpg.group(horizontal=True):
                 t["heat"] = dpg.add_radio_button(
                     list(HEAT), default_value=self.heat, horizontal=True,
-                    callback=cb("landscape heat", lambda s, v, u: self._set_heat(v)),
+                    callback=cb("landscape heat", self._refusing(self._set_heat)),
                 )  # fmt: skip
                 for name in LAYERS:
                     t[f"layer_{name}"] = dpg.add_checkbox(
@@ -301,16 +304,31 @@ class LandscapeView:
             )
         dpg.bind_item_handler_registry(t["plot"], handlers)
 
+    def _refusing(self, fn: Callable[[Any], None]) -> Callable[..., None]:
+        """A widget callback calling ``fn(value)``; when ``fn`` refuses the value, the
+        widgets show the slice in use again before the error goes to the status bar."""
+
+        def callback(sender: Any, value: Any, user_data: Any = None) -> None:
+            try:
+                fn(value)
+            except Exception:
+                self._sync_widgets()
+                raise
+
+        return callback
+
     def _set_dim(self, axis: int, name: str) -> None:
+        if name not in DIM_NAMES:
+            raise ValueError(f"no action dimension {name!r}; dimensions: {', '.join(DIM_NAMES)}")
         dims = list(self.spec.dims)
         dims[axis] = DIM_NAMES.index(name)
         self.set_slice(dims=tuple(dims))
 
     def _set_chunk(self, value: Any) -> None:
-        self.set_slice(chunk_index=int(value) - 1)
+        self.set_slice(chunk_index=whole_number("chunk action", value) - 1)
 
     def _set_resolution(self, value: Any) -> None:
-        self.set_slice(resolution=int(value))
+        self.set_slice(resolution=whole_number("grid", value))
 
     def _layer_cb(self, name: str):
         return lambda sender, value, user_data: self.set_layer(name, value)

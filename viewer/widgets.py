@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,3 +131,19 @@ SWEEP_WHILE_PLAYING = "Sweep of w: shown when paused"
 
 def scale_note(k: float) -> str:
     return "" if k == 1.0 else f"paths x{k:.1f} (magnified)"
+
+
+def whole_number(name: str, value: Any) -> int:
+    """``value`` of control ``name`` as an int, or a ``ValueError`` naming the control.
+
+    Dear PyGui's integer widgets hand over ints, but a callback can be sent anything (a
+    script, a test): NaN, inf, text or 2.5 are refused here with a message that says which
+    control, where ``int()`` alone would raise an OverflowError about floats.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
