@@ -100,8 +100,10 @@ def test_reset_is_reproducible_including_the_task() -> None:
     assert np.array_equal(runs[0][0], runs[1][0])
     assert runs[0][2] == runs[1][2]
     # The goal's cube (dims 19+) is the task's; its arm part is not reproducible in OGBench
-    # itself, which settles the goal scene with two unseeded random actions.
-    assert np.array_equal(runs[0][1][19:], runs[1][1][19:])
+    # itself, which settles the goal scene with two random actions from an action space it
+    # makes anew (unseeded) at each access. Through contacts they move the cube by a hair now
+    # and then (seen: equal to 6 decimals, not bit for bit).
+    np.testing.assert_allclose(runs[0][1][19:], runs[1][1][19:], atol=1e-4)
     assert not np.array_equal(runs[0][0][0], runs[2][0][0])
 
 
