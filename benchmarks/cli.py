@@ -18,12 +18,15 @@ import importlib.util
 import subprocess
 import sys
 
-HELP = "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files, soak (prints a table)"
+HELP = (
+    "benchmarks: guidance, viewer, record, landscape, sweep, fuzz_files; named only: soak, "
+    "monkey, interrupts (prints a table)"
+)
 
 # The order `qgf bench` runs them in; a name whose module is absent is skipped.
 BENCHMARKS = ("guidance", "viewer", "record", "landscape", "sweep", "fuzz_files")
 # Run only when named: too long for a run of every benchmark.
-NAMED_ONLY = ("soak",)
+NAMED_ONLY = ("soak", "monkey", "interrupts")
 
 
 def available(named: bool = True) -> list[str]:
