@@ -30,3 +30,13 @@ def tiny_config(**overrides: Any) -> CheckpointConfig:
     )
     values.update(overrides)
     return CheckpointConfig(**values)
+
+
+def time_limit(env):
+    """The env's gymnasium ``TimeLimit`` wrapper (its ``_max_episode_steps`` is the episode
+    length; set on an outer wrapper, the attribute would change nothing)."""
+    import gymnasium
+
+    while not isinstance(env, gymnasium.wrappers.TimeLimit):
+        env = env.env
+    return env

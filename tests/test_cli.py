@@ -59,6 +59,20 @@ def test_view_takes_an_agent_to_import_past_the_checkpoint_check(
 # ----------------------------------------------------------------------------- signals
 
 
+@pytest.fixture
+def default_signals():
+    """SIGTERM and SIGINT at Python's defaults for the test: a Ray cluster started earlier in
+    this process (tests/test_benchmarks.py, tests/test_sweep.py) leaves its own SIGTERM
+    handler behind, which ``main`` rightly leaves alone as a host program's."""
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def _command_module(monkeypatch, run):
     import importlib.machinery
     import types
@@ -79,7 +93,7 @@ def _terminate_self(args) -> int:
     raise AssertionError("SIGTERM did not interrupt the command")
 
 
-def test_sigterm_interrupts_a_command_with_status_143(monkeypatch, capsys):
+def test_sigterm_interrupts_a_command_with_status_143(monkeypatch, capsys, default_signals):
     _command_module(monkeypatch, _terminate_self)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["fake"]) == 143
@@ -109,7 +123,9 @@ def _terminated_then_replaced(args) -> int:
         raise KeyboardInterrupt from None
 
 
-def test_sigterm_is_143_even_when_a_library_replaces_the_exception(monkeypatch, capsys):
+def test_sigterm_is_143_even_when_a_library_replaces_the_exception(
+    monkeypatch, capsys, default_signals
+):
     _command_module(monkeypatch, _terminated_then_replaced)
     assert main(["fake"]) == 143
     assert capsys.readouterr().err.strip() == "qgf fake: terminated"
@@ -123,7 +139,9 @@ def _interrupted_import(args) -> int:
         raise ImportError("initialization failed") from e
 
 
-def test_ctrl_c_during_an_import_is_an_interruption_not_an_error(monkeypatch, capsys):
+def test_ctrl_c_during_an_import_is_an_interruption_not_an_error(
+    monkeypatch, capsys, default_signals
+):
     _command_module(monkeypatch, _interrupted_import)
     assert main(["fake"]) == 130
     assert capsys.readouterr().err.strip() == "qgf fake: interrupted"
@@ -136,7 +154,9 @@ def _swallowed_then_broken(args) -> int:
     raise AttributeError("module 'numpy' has no attribute 'multiply'")
 
 
-def test_an_error_after_a_swallowed_ctrl_c_is_the_interruption(monkeypatch, capsys):
+def test_an_error_after_a_swallowed_ctrl_c_is_the_interruption(
+    monkeypatch, capsys, default_signals
+):
     _command_module(monkeypatch, _swallowed_then_broken)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import time_limit
 from viewer_window import invoke, pump
 from xvfb import require_display, window_tests
 
@@ -145,7 +146,9 @@ def test_next_episode_and_auto_loop_advance_the_seed(app):
     settle(app)
     assert app.frame_spec.seed == session.preset.seeds[session.seed_index]
     seed_index = session.seed_index
-    app.worker.submit("short", lambda s: [setattr(p.env, "_max_episode_steps", 2) for p in s.panes])
+    app.worker.submit(
+        "short", lambda s: [setattr(time_limit(p.env), "_max_episode_steps", 2) for p in s.panes]
+    )
     settle(app)
     app.worker.play()
     pump(app, lambda: session.seed_index != seed_index, timeout=120)
@@ -153,7 +156,7 @@ def test_next_episode_and_auto_loop_advance_the_seed(app):
     assert session.seed_index == (seed_index + 1) % len(session.preset.seeds)
     assert all(p.episodes >= 1 for p in app.frame_spec.panes)
     app.worker.submit(
-        "long", lambda s: [setattr(p.env, "_max_episode_steps", 200) for p in s.panes]
+        "long", lambda s: [setattr(time_limit(p.env), "_max_episode_steps", 200) for p in s.panes]
     )
     settle(app)
 

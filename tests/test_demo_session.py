@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import time_limit
 
 from viewer.demo_session import (
     WEIGHT_GRID,
@@ -40,7 +41,7 @@ def demo() -> DemoSession:
 def truncate_after(demo: DemoSession, steps: int) -> None:
     """Make every pane's episode end (time limit) after ``steps`` env steps."""
     for pane in demo.panes:
-        pane.env._max_episode_steps = steps
+        time_limit(pane.env)._max_episode_steps = steps
 
 
 def same_start(a, b) -> None:

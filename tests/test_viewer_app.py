@@ -18,6 +18,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from helpers import time_limit
 from viewer_window import invoke, open_app, pump, shown
 from xvfb import require_display, window_tests
 
@@ -282,11 +283,7 @@ def test_record_button_writes_what_the_scene_shows(app, tmp_path, monkeypatch):
 
 @window
 def test_loop_plays_the_next_seeds_episode_and_gives_way_to_a_pause(app):
-    import gymnasium
-
-    limit = app.session.env
-    while not isinstance(limit, gymnasium.wrappers.TimeLimit):
-        limit = limit.env
+    limit = time_limit(app.session.env)
     app.worker.pause()
     app.reset()
     settle(app)
