@@ -475,14 +475,21 @@ class Monkey:
         """``Session.replay`` is exact on every branch (run on the worker, which owns it)."""
         app = self.app
         results: list = []
+        branches: list[int] = []  # counted on the worker, with the replays
 
         def replay(session) -> None:
-            results.extend(session.replay(b) for b in range(len(session.branches)))
+            branches.append(len(session.branches))
+            results.extend(session.replay(b) for b in range(branches[0]))
 
         app.worker.submit("monkey replay", replay)
+        # Waited for by itself: while playing, settle() draws a frame or two and returns.
+        if not app.worker.wait_idle(SETTLE_SECONDS):
+            self.fail("the replay check did not finish within the settle time")
         self.settle()
-        if len(results) != len(app.session.branches):
+        if not branches:
             self.fail("the replay check did not run")
+        if len(results) != branches[0]:
+            self.fail("the replay raised (the status bar says what)")
         self.tally.replays += len(results)
         self.tally.replays_exact += sum(r.exact for r in results)
         bad = [(b, r) for b, r in enumerate(results) if not r.exact]
