@@ -40,3 +40,26 @@ def time_limit(env):
     while not isinstance(env, gymnasium.wrappers.TimeLimit):
         env = env.env
     return env
+
+
+def nan_critic_checkpoint(path, flow_steps: int = 4, samples: int = 32):
+    """Save, at ``path``, an untrained ``tiny_config`` checkpoint whose critic returns NaN
+    everywhere (every parameter NaN, as after a diverged run), with a random dataset sample
+    of ``samples`` rows; returns ``path``."""
+    import numpy as np
+    import torch
+
+    from core.checkpoints import DatasetSample, save_checkpoint
+
+    torch.manual_seed(0)
+    config = tiny_config(flow_steps=flow_steps)
+    critic = config.build_critic()
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.fill_(float("nan"))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(samples, config.obs_dim)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (samples, config.action_dim)).astype(np.float32)
+    sample = DatasetSample(obs, actions)
+    save_checkpoint(path, config, config.build_policy(), critic, critic, sample)
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import nan_critic_checkpoint, tiny_config
 
 from core.cli import main
 from core.files import atomic_write
@@ -405,20 +405,9 @@ def test_a_critic_that_returns_nan_is_counted_and_never_reaches_the_env(tmp_path
     """A diverged critic (NaN out): every sampled row is flagged, the episodes still run on
     finite actions (the env refuses any other: ``core.envs.FiniteActions``), and the cell
     and the report count the rows."""
-    import torch
-
-    from core.checkpoints import DatasetSample, save_checkpoint
     from core.sweep import CellSettings, load_payload
 
-    torch.manual_seed(0)
-    config = tiny_config(flow_steps=2)
-    critic = config.build_critic()
-    with torch.no_grad():
-        for p in critic.parameters():
-            p.fill_(float("nan"))
-    sample = DatasetSample(np.zeros((2, 28), np.float32), np.zeros((2, 5), np.float32))
-    save_checkpoint(tmp_path / "ck", config, config.build_policy(), critic, critic, sample)
-    payload = load_payload(tmp_path / "ck")
+    payload = load_payload(nan_critic_checkpoint(tmp_path / "ck", flow_steps=2))
     cell = Cell(payload.label, "qgf", weight, 0)
     row = run_cell(payload, cell, CellSettings(1, 1, 3, None, "test"))
     assert row["actions"] == 3 and row["nonfinite_rows"] == 3

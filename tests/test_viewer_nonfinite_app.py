@@ -8,9 +8,8 @@ Like tests/test_viewer_app.py, the window tests run in a child pytest process of
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import nan_critic_checkpoint
 from viewer_window import invoke, open_app, pump, shown
 from xvfb import window_tests
 
@@ -22,22 +21,9 @@ window, test_window_tests = window_tests(__file__, "QGF_VIEWER_NONFINITE_WINDOW_
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    import torch
-
-    from core.checkpoints import DatasetSample, save_checkpoint
     from viewer.session import Settings
 
-    torch.manual_seed(0)
-    config = tiny_config(flow_steps=3)
-    critic = config.build_critic()
-    with torch.no_grad():
-        for p in critic.parameters():
-            p.fill_(float("nan"))
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(32, 28)).astype(np.float32)
-    sample = DatasetSample(obs, rng.uniform(-1, 1, (32, 5)).astype(np.float32))
-    path = tmp_path_factory.mktemp("nan") / "ck"
-    save_checkpoint(path, config, config.build_policy(), critic, critic, sample)
+    path = nan_critic_checkpoint(tmp_path_factory.mktemp("nan") / "ck", flow_steps=3)
     yield from open_app(Settings(steps=3, candidates=N, weight=0.3), path)
 
 
