@@ -548,10 +548,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     commands = [c for c in args.commands.split(",") if c]
     signames = [s for s in args.signals.split(",") if s]
-    unknown = sorted(set(commands) - set(COMMANDS)) + sorted(set(signames) - set(SIGNALS))
-    if unknown:
-        print(f"unknown: {', '.join(unknown)}", file=sys.stderr)
-        return 2
+    choices = (("--commands", commands, COMMANDS), ("--signals", signames, SIGNALS))
+    for option, given, known in choices:
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            print(
+                f"qgf bench interrupts: error: {option}: unknown {', '.join(unknown)} "
+                f"(choose from {', '.join(known)})",
+                file=sys.stderr,
+            )
+            return 2
     ray = None
     address = None
     if "sweep" in commands:

@@ -53,6 +53,8 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from core.commands.args import positive_float, positive_int
+
 HELP = "soak: the viewer (or --demo, 2 panes) playing episode after episode; RSS, fps, errors"
 
 GROWTH_LIMIT_MB = 50.0
@@ -65,17 +67,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--demo", action="store_true", help="the demo (2 panes: w = 0 and the live weight)"
     )
     parser.add_argument(
-        "--seconds", type=float, default=7200.0, help="wall seconds to run (default 2 hours)"
+        "--seconds",
+        type=positive_float,
+        default=7200.0,
+        help="wall seconds to run (default 2 hours)",
     )
     parser.add_argument(
-        "--steps", type=int, help="stop after this many env steps (144000: 2 hours at 20/s)"
+        "--steps",
+        type=positive_int,
+        help="stop after this many env steps (144000: 2 hours at 20/s)",
     )
     parser.add_argument(
         "--warmup", type=float, default=60.0, help="seconds before the memory baseline"
     )
-    parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument(
-        "--every", type=float, default=30.0, help="seconds between uses of the tools"
+        "--sample", type=positive_float, default=10.0, help="seconds between samples"
+    )
+    parser.add_argument(
+        "--every", type=positive_float, default=30.0, help="seconds between uses of the tools"
     )
     parser.add_argument(
         "--window",
@@ -83,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds of play in the first and last fps windows",
     )
-    parser.add_argument("--candidates", type=int, default=8, help="candidates N")
-    parser.add_argument("--denoise-steps", type=int, default=10, help="denoising steps T")
+    parser.add_argument("--candidates", type=positive_int, default=8, help="candidates N")
+    parser.add_argument("--denoise-steps", type=positive_int, default=10, help="denoising steps T")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--width", type=int, default=1280, help="window width")
     parser.add_argument("--height", type=int, default=800, help="window height")

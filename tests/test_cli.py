@@ -164,3 +164,14 @@ def test_an_error_after_a_swallowed_ctrl_c_is_the_interruption(
     finally:
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip() == "qgf fake: interrupted"
+
+
+@pytest.mark.parametrize("text", ["-5", "0", "nan", "inf", "x"])
+def test_positive_float_refuses_what_is_not_a_finite_positive_number(text):
+    import argparse
+
+    from core.commands.args import positive_float
+
+    assert positive_float("2.5") == 2.5
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_float(text)
